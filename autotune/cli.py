@@ -1,0 +1,198 @@
+"""The ``autotune`` command line: one small function per subcommand.
+
+User errors print one line (``autotune: error: ...``) and exit with status 2; tracebacks appear only
+with ``--debug``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from autotune.errors import UserError
+
+EXIT_USAGE = 2
+EXIT_TRIAL_FAILED = 1
+EXIT_INTERRUPTED = 130
+DEFAULT_SPACES = Path(__file__).resolve().parent.parent / "search_spaces"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI and return its exit status."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except UserError as exc:
+        if args.debug:
+            raise
+        print(f"autotune: error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("autotune: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"autotune: error: {message}\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="autotune", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    run = sub.add_parser("run", help="tune a workload with an Optuna study")
+    _workload_options(run)
+    run.add_argument("--mode", choices=("infer", "train"), help="shorthand for --set mode=...")
+    run.add_argument("--trials", type=_positive_int, default=30, help="trials to run in this call (default 30)")
+    run.add_argument("--timeout", type=_positive_float, default=1200.0,
+                     help="wall-clock budget of the study in seconds (default 1200)")
+    run.add_argument("--storage", help="Optuna storage URL (default: sqlite:///autotune.db here)")
+    run.add_argument("--study", help="study name (default: <workload>-<mode>-<host fingerprint>)")
+    run.add_argument("--sampler", choices=("tpe", "random", "grid"), default="tpe")
+    run.add_argument("--seed", type=int, default=0, help="sampler seed")
+    run.add_argument("--report-dir", type=Path, help="report folder (default reports/<study>)")
+    run.add_argument("--allow-mixed-hosts", action="store_true",
+                     help="let this host add trials to a study recorded on a different host")
+    run.set_defaults(handler=_run)
+
+    bench = sub.add_parser("bench", help="measure one configuration the way a trial does")
+    _workload_options(bench)
+    bench.add_argument("--from", dest="start", choices=("baseline", "vendor_recommended"),
+                       default="baseline", help="configuration the --set values apply to")
+    bench.add_argument("--json", action="store_true", help="print the record as JSON (last line)")
+    bench.set_defaults(handler=_bench)
+
+    host = sub.add_parser("host", help="describe this host")
+    host.add_argument("--json", action="store_true", help="print JSON")
+    host.set_defaults(handler=_host)
+    return parser
+
+
+def _workload_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--workload", default="unet3d", help="workload name (default unet3d)")
+    parser.add_argument("--space", type=Path, help="search-space file (default search_spaces/<workload>.toml)")
+    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KNOB=VALUE",
+                        help="pin a knob (repeatable)")
+    parser.add_argument("--data-dir", type=Path, help="BraTS folder (default: synthetic data in the cache)")
+    parser.add_argument("--trial-timeout", type=_positive_float, default=900.0,
+                        help="seconds one trial may take, start-up included (default 900)")
+    parser.add_argument("--memory-cap", type=_positive_float,
+                        help="MiB of resident memory one trial may use (default 75%% of the host)")
+
+
+def _one_line(message: object) -> str:
+    return " ".join(str(message).split())
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number")
+    return value
+
+
+def _space_path(args: argparse.Namespace) -> Path:
+    if args.space is not None:
+        return args.space
+    if not args.workload.replace("_", "").isalnum():
+        raise UserError(f"workload {args.workload!r} is not a plain name")
+    path = DEFAULT_SPACES / f"{args.workload}.toml"
+    if not path.exists():
+        raise UserError(f"no search space for workload {args.workload!r} ({path} not found)")
+    return path
+
+
+def _data_dir(args: argparse.Namespace) -> str | None:
+    if args.data_dir is None:
+        return None
+    if not args.data_dir.is_dir():
+        raise UserError(f"--data-dir {args.data_dir}: not a directory")
+    return str(args.data_dir.resolve())
+
+
+def _setup(args: argparse.Namespace, *, software: bool) -> tuple[Any, Any, dict[str, Any]]:
+    from autotune.host import probe_host
+    from autotune.space import HostFacts, load_space
+
+    host = probe_host(software=software)
+    space = load_space(_space_path(args), HostFacts.of(host))
+    sets = list(args.sets)
+    if getattr(args, "mode", None):
+        sets.append(f"mode={args.mode}")
+    return host, space, space.parse_assignments(sets)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from autotune.launch import default_memory_cap_mb, trial_spec
+    from autotune.protocol import Outcome
+    from autotune.runner import TrialRunner
+    from autotune.console import print_bench
+    from autotune.record import trial_record
+
+    host, space, pins = _setup(args, software=False)
+    config = space.reference(args.start, pins)
+    spec = trial_spec(
+        space, config, host, data_dir=_data_dir(args), timeout_s=args.trial_timeout,
+        memory_cap_mb=args.memory_cap or default_memory_cap_mb(host),
+    )
+    outcome = TrialRunner().run(spec)
+    record = trial_record(config, spec, outcome, host)
+    if args.json:
+        print(json.dumps(record, sort_keys=True))
+    else:
+        print_bench(record)
+    if outcome.outcome is Outcome.OK:
+        return 0
+    print(f"autotune: trial {outcome.outcome.value}: {_one_line(outcome.reason)}", file=sys.stderr)
+    return EXIT_USAGE if outcome.outcome is Outcome.BAD_INPUT else EXIT_TRIAL_FAILED
+
+
+def _host(args: argparse.Namespace) -> int:
+    from autotune.host import probe_host
+    from autotune.console import print_host
+
+    host = probe_host()
+    if args.json:
+        print(json.dumps({**host.to_dict(), "fingerprint": host.fingerprint}, sort_keys=True))
+    else:
+        print_host(host)
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from autotune.study import RunOptions, run_study
+
+    host, space, pins = _setup(args, software=True)
+    options = RunOptions(
+        trials=args.trials,
+        timeout_s=args.timeout,
+        storage=args.storage,
+        study_name=args.study,
+        sampler=args.sampler,
+        seed=args.seed,
+        data_dir=_data_dir(args),
+        report_dir=args.report_dir,
+        trial_timeout_s=args.trial_timeout,
+        memory_cap_mb=args.memory_cap,
+        allow_mixed_hosts=args.allow_mixed_hosts,
+    )
+    return run_study(options, host, space, pins)

@@ -1,0 +1,61 @@
+"""What the CLI prints for people: rich tables of hosts, trials and results."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from autotune.host import HostInfo
+
+console = Console(stderr=False, highlight=False)
+
+
+def format_rate(voxels_per_s: float | None) -> str:
+    """Voxels per second in millions, or a dash."""
+    return "-" if voxels_per_s is None else f"{voxels_per_s / 1e6:,.2f} M"
+
+
+def print_bench(record: Mapping[str, Any]) -> None:
+    """Print one bench record: the knobs that matter and the figures."""
+    table = Table(title=f"autotune bench: {record['workload']} ({record['outcome']})", show_header=False)
+    table.add_column("what", style="bold")
+    table.add_column("value")
+    for name, value in record["config"].items():
+        table.add_row(name, str(value))
+    table.add_row("cpus", "all" if record["cpus"] is None else ",".join(map(str, record["cpus"])))
+    if record["outcome"] == "ok":
+        steps = ", ".join(f"{t:.3f}" for t in record["step_seconds"])
+        table.add_row("step times (s)", steps)
+        table.add_row("median step", f"{record['median_step_s']:.4f} s (MAD {record['mad_step_s']:.4f}, CV {record['cv']:.1%})")
+        table.add_row("throughput", f"{format_rate(record['voxels_per_s'])} voxels/s, {record['samples_per_s']:.3f} samples/s")
+        table.add_row("latency per sample", f"{record['latency_per_sample_s']:.4f} s")
+        table.add_row("achieved", f"{record['gflops_per_s']:.1f} GFLOP/s ({record['flops_per_step'] / 1e9:.1f} GFLOP/step)")
+        table.add_row("peak RSS", f"{record['peak_rss_mb']:.0f} MiB")
+        effective = record.get("effective", {})
+        for key in ("layout", "onednn_enabled", "intra_op_threads", "inter_op_threads", "thread_pool", "tensorflow", "keras"):
+            if key in effective:
+                table.add_row(f"observed {key}", str(effective[key]))
+    else:
+        table.add_row("reason", record["reason"])
+    console.print(table)
+
+
+def print_host(host: HostInfo) -> None:
+    """Print the host probe."""
+    table = Table(title=f"host {host.fingerprint}", show_header=False)
+    table.add_column("what", style="bold")
+    table.add_column("value")
+    table.add_row("CPU", host.cpu_model)
+    table.add_row("sockets / cores / logical CPUs", f"{host.sockets} / {host.physical_cores} / {host.logical_cpus}")
+    table.add_row("usable CPUs", ",".join(map(str, host.usable_cpus)))
+    for node in host.numa_nodes:
+        table.add_row(f"NUMA node {node.id}", ",".join(map(str, node.cpus)))
+    table.add_row("ISA", " ".join(name for name, present in host.isa.items() if present) or "-")
+    table.add_row("memory", f"{host.memory_bytes / 2**30:.1f} GiB")
+    table.add_row("allocators", ", ".join(f"{k} ({v})" for k, v in host.allocators.items()) or "system only")
+    for name, version in host.software.items():
+        table.add_row(name, version)
+    console.print(table)

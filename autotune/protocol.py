@@ -1,0 +1,212 @@
+"""The trial protocol shared by the driver and every workload.
+
+A trial is one child process. The driver writes a :class:`TrialConfig` as JSON to a file and starts
+``python -m workloads.<name> --config FILE``; environment knobs and CPU affinity are already applied to
+that process. The child prints protocol messages on stdout, one per line, each a JSON object behind
+:data:`LINE_PREFIX`:
+
+* ``{"kind": "setup", ...}`` once, after data and model are ready (what it observed, how long it took);
+* ``{"kind": "step", "index": i, "seconds": t, "warmup": bool}`` after every step, as it completes;
+* ``{"kind": "result", ...}`` last, the :class:`TrialResult` record;
+* ``{"kind": "error", "message": ...}`` instead of a result when the trial's input is bad.
+
+Anything else on stdout is ignored, so libraries that print do not break the protocol. This module
+imports nothing heavy: the driver and the workloads both use it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from enum import Enum
+from typing import Any
+
+SCHEMA_VERSION = 1
+LINE_PREFIX = "@autotune "
+
+
+class ProtocolError(ValueError):
+    """A protocol message or record that cannot be read."""
+
+
+class Outcome(str, Enum):
+    """How a trial ended, as the driver records it."""
+
+    OK = "ok"
+    PRUNED = "pruned"
+    CRASHED = "crashed"
+    TIMED_OUT = "timed_out"
+    OUT_OF_MEMORY = "out_of_memory"
+    BAD_OUTPUT = "bad_output"
+    BAD_INPUT = "bad_input"
+    INTERRUPTED = "interrupted"
+
+    @property
+    def is_failure(self) -> bool:
+        """Whether the trial produced no usable figure."""
+        return self not in (Outcome.OK, Outcome.PRUNED)
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    """What the child receives: the workload name and its in-process knobs.
+
+    Attributes:
+        workload: Workload name, e.g. ``"unet3d"``.
+        params: In-process knobs by their canonical names (``mode``, ``batch``, ``patch``,
+            ``data_format``, ``intra_threads``, ``warmup``, ``steps``, ...).
+        schema: Protocol schema version.
+    """
+
+    workload: str
+    params: dict[str, Any]
+    schema: int = SCHEMA_VERSION
+
+    def to_json(self) -> str:
+        """Serialize to JSON text."""
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> TrialConfig:
+        """Parse JSON text written by :meth:`to_json`.
+
+        Raises:
+            ProtocolError: The text is not a config of this schema.
+        """
+        data = _loads_object(text, "trial config")
+        _check_schema(data, "trial config")
+        if not isinstance(data.get("workload"), str) or not isinstance(data.get("params"), dict):
+            raise ProtocolError("trial config needs a 'workload' string and a 'params' object")
+        return cls(workload=data["workload"], params=data["params"], schema=data["schema"])
+
+
+@dataclass(frozen=True)
+class TrialResult:
+    """The final record of one successful trial, as the workload reports it.
+
+    Times are seconds. Throughput figures use the median timed step.
+
+    Attributes:
+        workload: Workload name.
+        params: The in-process knobs the trial ran with (after defaults were filled in).
+        warmup_seconds: Untimed warm-up step times.
+        step_seconds: Timed step times, in order.
+        median_step_s: Median of ``step_seconds``.
+        mad_step_s: Median absolute deviation of ``step_seconds``.
+        cv: Coefficient of variation (stdev / mean) of ``step_seconds``.
+        voxels_per_step: Input voxels processed per step (batch x patch volume).
+        voxels_per_s: ``voxels_per_step / median_step_s``.
+        samples_per_s: ``batch / median_step_s``.
+        latency_per_sample_s: ``median_step_s / batch``.
+        flops_per_step: Model floating-point operations per step (2 per multiply-add).
+        gflops_per_s: ``flops_per_step / median_step_s / 1e9``.
+        peak_rss_mb: Peak resident set size of the trial process, MiB.
+        setup_seconds: Time from process start to the first warm-up step (import, data, build).
+        effective: What the process observed: threads, affinity, oneDNN state, versions, layout.
+        schema: Protocol schema version.
+    """
+
+    workload: str
+    params: dict[str, Any]
+    warmup_seconds: list[float]
+    step_seconds: list[float]
+    median_step_s: float
+    mad_step_s: float
+    cv: float
+    voxels_per_step: int
+    voxels_per_s: float
+    samples_per_s: float
+    latency_per_sample_s: float
+    flops_per_step: float
+    gflops_per_s: float
+    peak_rss_mb: float
+    setup_seconds: float
+    effective: dict[str, Any] = field(default_factory=dict)
+    schema: int = SCHEMA_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the record as plain JSON-ready data."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrialResult:
+        """Build a record from :meth:`to_dict` output.
+
+        Unknown fields are ignored: a newer workload's extra figures do not break an older driver.
+
+        Raises:
+            ProtocolError: Fields are missing, of the wrong type or of the wrong schema.
+        """
+        if not isinstance(data, dict):
+            raise ProtocolError("trial result is not a JSON object")
+        _check_schema(data, "trial result")
+        names = {f.name for f in fields(cls)}
+        missing = sorted(n for n in names if n not in data and n not in ("effective", "schema"))
+        if missing:
+            raise ProtocolError(f"trial result is missing {', '.join(missing)}")
+        try:
+            record = cls(**{k: v for k, v in data.items() if k in names})
+        except TypeError as exc:
+            raise ProtocolError(f"trial result is malformed: {exc}") from None
+        steps = record.step_seconds
+        if not isinstance(steps, list | tuple) or not steps or not all(
+            _is_number(t) and t > 0 for t in steps
+        ):
+            raise ProtocolError("trial result has no positive step times")
+        wrong = [f.name for f in fields(cls) if not _field_ok(f.name, getattr(record, f.name))]
+        if wrong:
+            raise ProtocolError(f"trial result has fields of the wrong type: {', '.join(wrong)}")
+        return record
+
+
+def _field_ok(name: str, value: Any) -> bool:
+    if name == "workload":
+        return isinstance(value, str)
+    if name in ("params", "effective"):
+        return isinstance(value, dict)
+    if name in ("warmup_seconds", "step_seconds"):
+        return isinstance(value, list | tuple) and all(_is_number(t) for t in value)
+    return _is_number(value)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def encode_message(kind: str, **payload: Any) -> str:
+    """Return one protocol line (without newline) for a message of ``kind``."""
+    return LINE_PREFIX + json.dumps({"kind": kind, **payload}, sort_keys=True)
+
+
+def decode_line(line: str) -> dict[str, Any] | None:
+    """Decode one stdout line.
+
+    Returns:
+        The message object, or None when the line is not a protocol line.
+
+    Raises:
+        ProtocolError: The line carries the prefix but not a JSON object with a ``kind``.
+    """
+    if not line.startswith(LINE_PREFIX):
+        return None
+    data = _loads_object(line[len(LINE_PREFIX) :], "protocol line")
+    if not isinstance(data.get("kind"), str):
+        raise ProtocolError("protocol line has no 'kind'")
+    return data
+
+
+def _loads_object(text: str, what: str) -> dict[str, Any]:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ProtocolError(f"{what} is not valid JSON: {exc.msg} at char {exc.pos}") from None
+    if not isinstance(data, dict):
+        raise ProtocolError(f"{what} is not a JSON object")
+    return data
+
+
+def _check_schema(data: dict[str, Any], what: str) -> None:
+    if data.get("schema") != SCHEMA_VERSION:
+        raise ProtocolError(
+            f"{what} has schema {data.get('schema')!r}, this autotune reads {SCHEMA_VERSION}"
+        )

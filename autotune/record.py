@@ -1,0 +1,65 @@
+"""The flat record of one measured configuration, as stored, printed and exported.
+
+A record is plain JSON-ready data, one per trial (hyperfine keeps one flat record per benchmark): the
+configuration, how it was launched, how it ended, and its figures. ``autotune bench --json`` prints it,
+the study stores it in the trial's user attributes, and reports read it back.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Mapping
+from typing import Any
+
+from autotune.host import HostInfo
+from autotune.protocol import SCHEMA_VERSION, Outcome
+from autotune.runner import TrialOutcome, TrialSpec
+
+FIGURES = (
+    "median_step_s",
+    "mad_step_s",
+    "cv",
+    "voxels_per_step",
+    "voxels_per_s",
+    "samples_per_s",
+    "latency_per_sample_s",
+    "flops_per_step",
+    "gflops_per_s",
+    "peak_rss_mb",
+    "setup_seconds",
+)
+
+
+def trial_record(
+    config: Mapping[str, Any], spec: TrialSpec, outcome: TrialOutcome, host: HostInfo
+) -> dict[str, Any]:
+    """Build the record of one trial.
+
+    Args:
+        config: The complete configuration (every knob).
+        spec: How the trial was launched.
+        outcome: How it ended.
+        host: The host it ran on.
+    """
+    result = outcome.result
+    record: dict[str, Any] = {
+        "schema": SCHEMA_VERSION,
+        "workload": spec.config.workload,
+        "outcome": outcome.outcome.value,
+        "reason": outcome.reason,
+        "config": dict(config),
+        "env": dict(spec.env),
+        "cpus": list(spec.cpus) if spec.cpus is not None else None,
+        "host": socket.gethostname(),
+        "host_fingerprint": host.fingerprint,
+        "step_seconds": list(result.step_seconds if result else outcome.step_seconds),
+        "warmup_seconds": list(result.warmup_seconds if result else outcome.warmup_seconds),
+        "wall_seconds": outcome.wall_seconds,
+        "effective": result.effective if result else {},
+        "stderr_tail": "" if outcome.outcome is Outcome.OK else outcome.stderr_tail,
+    }
+    for name in FIGURES:
+        record[name] = getattr(result, name) if result else None
+    if result is None:
+        record["peak_rss_mb"] = outcome.peak_rss_mb
+    return record

@@ -1,0 +1,316 @@
+"""Run one trial in a fresh child process and turn whatever happens into a :class:`TrialOutcome`.
+
+The runner owns the child's whole life: it writes the config file, starts the workload in a new
+process group with the trial's environment and CPU affinity applied before exec, reads protocol lines
+as they come (calling back after every timed step, so the caller can prune), watches wall time and the
+memory of the process tree, and always kills the whole group at the end, so no grandchild survives.
+Failures are values: a crash, a hang, too much memory, bad output or bad input each become an outcome
+with a reason and the tail of stderr.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from autotune.protocol import (
+    Outcome,
+    ProtocolError,
+    TrialConfig,
+    TrialResult,
+    decode_line,
+)
+
+STDERR_TAIL_CHARS = 2000
+POLL_SECONDS = 0.2
+# Seconds a child gets between SIGTERM and SIGKILL when it is stopped on purpose.
+TERMINATE_GRACE_SECONDS = 2.0
+
+StepCallback = Callable[[list[float], Mapping[str, Any]], bool]
+"""Called with (timed step times so far, the setup message) after each timed step; True prunes."""
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    """Everything needed to launch one trial.
+
+    Attributes:
+        module: Python module run with ``-m``, e.g. ``workloads.unet3d``.
+        config: The in-process config sent to the child.
+        env: Environment changes: a value sets the variable, None removes it.
+        cpus: Logical CPUs the child is pinned to, or None to leave affinity alone.
+        timeout_s: Wall-clock limit for the whole child, start-up included.
+        memory_cap_mb: Limit on the resident memory of the child and its descendants.
+        python: Interpreter that runs the child.
+    """
+
+    module: str
+    config: TrialConfig
+    env: Mapping[str, str | None] = field(default_factory=dict)
+    cpus: tuple[int, ...] | None = None
+    timeout_s: float = 600.0
+    memory_cap_mb: float | None = None
+    python: str = sys.executable
+
+
+@dataclass(frozen=True)
+class TrialOutcome:
+    """How one trial ended and what it measured.
+
+    Attributes:
+        outcome: The trial's end state.
+        reason: Human-readable reason for anything but OK.
+        result: The workload's result record (OK only).
+        step_seconds: Timed step times seen, complete or partial.
+        warmup_seconds: Warm-up step times seen.
+        wall_seconds: Wall time of the child.
+        returncode: The child's exit status (negative: killed by that signal).
+        peak_rss_mb: Peak resident memory of the process tree the runner saw.
+        stderr_tail: The last characters of the child's stderr.
+    """
+
+    outcome: Outcome
+    reason: str = ""
+    result: TrialResult | None = None
+    step_seconds: tuple[float, ...] = ()
+    warmup_seconds: tuple[float, ...] = ()
+    wall_seconds: float = 0.0
+    returncode: int | None = None
+    peak_rss_mb: float = 0.0
+    stderr_tail: str = ""
+
+
+class TrialRunner:
+    """Runs trials one at a time; ``run`` is the only entry point."""
+
+    def run(self, spec: TrialSpec, on_step: StepCallback | None = None) -> TrialOutcome:
+        """Run one trial to its end.
+
+        Args:
+            spec: What to launch.
+            on_step: Called after each timed step; returning True prunes the trial.
+
+        Returns:
+            The outcome; this method does not raise for anything the child does.
+        """
+        with tempfile.TemporaryDirectory(prefix="autotune-trial-") as workdir:
+            return _Execution(spec, Path(workdir), on_step).run()
+
+
+class _Execution:
+    def __init__(self, spec: TrialSpec, workdir: Path, on_step: StepCallback | None) -> None:
+        self.spec = spec
+        self.workdir = workdir
+        self.on_step = on_step
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self.steps: list[float] = []
+        self.warmups: list[float] = []
+        self.result: TrialResult | None = None
+        self.error: str | None = None
+        self.bad_output: str | None = None
+        self.peak_rss_mb = 0.0
+        self.setup: dict[str, Any] = {}
+
+    def run(self) -> TrialOutcome:
+        config_path = self.workdir / "config.json"
+        config_path.write_text(self.spec.config.to_json())
+        stderr_path = self.workdir / "stderr.txt"
+        start = time.monotonic()
+        with open(stderr_path, "wb") as stderr:
+            try:
+                proc = subprocess.Popen(
+                    [self.spec.python, "-m", self.spec.module, "--config", str(config_path)],
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=stderr,
+                    cwd=self.workdir,
+                    env=_child_env(self.spec.env),
+                    start_new_session=True,
+                    preexec_fn=_pin(self.spec.cpus),
+                )
+            except (OSError, subprocess.SubprocessError) as exc:
+                return TrialOutcome(Outcome.CRASHED, reason=f"could not start the trial: {exc}")
+            reader = threading.Thread(target=self._read, args=(proc,), daemon=True)
+            reader.start()
+            try:
+                stop = self._watch(proc, start)
+            finally:
+                _kill_group(proc)
+                reader.join(timeout=5)
+        wall = time.monotonic() - start
+        tail = _tail(stderr_path)
+        return self._outcome(stop, proc.returncode, wall, tail)
+
+    def _read(self, proc: subprocess.Popen[bytes]) -> None:
+        assert proc.stdout is not None
+        for raw in proc.stdout:
+            self.lines.put(raw.decode("utf-8", "replace").rstrip("\n"))
+        self.lines.put(None)
+
+    def _watch(self, proc: subprocess.Popen[bytes], start: float) -> tuple[Outcome, str] | None:
+        """Follow the child until it exits or must be stopped; return why it was stopped."""
+        deadline = start + self.spec.timeout_s
+        eof = False
+        exited_at: float | None = None
+        while True:
+            try:
+                line = self.lines.get(timeout=POLL_SECONDS)
+            except queue.Empty:
+                line = ""
+            if line is None:
+                eof = True
+            elif line and (stop := self._handle(line)):
+                return stop
+            if proc.poll() is not None:
+                exited_at = exited_at or time.monotonic()
+                # A grandchild may hold stdout open after the child exits: stop waiting for EOF.
+                if eof or time.monotonic() - exited_at > 1.0:
+                    return None
+            if (stop := self._check_memory(proc)) is not None:
+                return stop
+            if time.monotonic() > deadline:
+                return Outcome.TIMED_OUT, f"no result within the trial timeout of {self.spec.timeout_s:g}s"
+
+    def _handle(self, line: str) -> tuple[Outcome, str] | None:
+        try:
+            message = decode_line(line)
+        except ProtocolError as exc:
+            return Outcome.BAD_OUTPUT, f"unreadable protocol line: {exc}"
+        if message is None:
+            return None
+        kind = message["kind"]
+        if kind == "step":
+            seconds = message.get("seconds")
+            if not isinstance(seconds, int | float) or seconds < 0:
+                return Outcome.BAD_OUTPUT, "step message without a valid 'seconds'"
+            if message.get("warmup"):
+                self.warmups.append(float(seconds))
+            else:
+                self.steps.append(float(seconds))
+                if self.on_step and self.on_step(list(self.steps), self.setup):
+                    return Outcome.PRUNED, f"pruned after {len(self.steps)} timed steps"
+        elif kind == "setup":
+            self.setup = message
+        elif kind == "result":
+            try:
+                self.result = TrialResult.from_dict({k: v for k, v in message.items() if k != "kind"})
+            except ProtocolError as exc:
+                self.bad_output = str(exc)
+        elif kind == "error":
+            self.error = str(message.get("message", "bad input"))
+        return None
+
+    def _check_memory(self, proc: subprocess.Popen[bytes]) -> tuple[Outcome, str] | None:
+        rss = _tree_rss_mb(proc.pid)
+        self.peak_rss_mb = max(self.peak_rss_mb, rss)
+        cap = self.spec.memory_cap_mb
+        if cap is not None and rss > cap:
+            return Outcome.OUT_OF_MEMORY, f"resident memory {rss:.0f} MiB exceeded the cap of {cap:.0f} MiB"
+        return None
+
+    def _outcome(
+        self, stop: tuple[Outcome, str] | None, returncode: int | None, wall: float, tail: str
+    ) -> TrialOutcome:
+        common = {
+            "step_seconds": tuple(self.steps),
+            "warmup_seconds": tuple(self.warmups),
+            "wall_seconds": wall,
+            "returncode": returncode,
+            "peak_rss_mb": self.peak_rss_mb,
+            "stderr_tail": tail,
+        }
+        if stop is not None:
+            return TrialOutcome(stop[0], reason=stop[1], **common)
+        if self.error is not None:
+            return TrialOutcome(Outcome.BAD_INPUT, reason=self.error, **common)
+        if returncode is not None and returncode < 0:
+            return TrialOutcome(_signal_outcome(-returncode), reason=_signal_reason(-returncode), **common)
+        if returncode:
+            last = tail.strip().splitlines()[-1] if tail.strip() else "no stderr"
+            return TrialOutcome(Outcome.CRASHED, reason=f"exit status {returncode}: {last}", **common)
+        if self.bad_output is not None:
+            return TrialOutcome(Outcome.BAD_OUTPUT, reason=self.bad_output, **common)
+        if self.result is None:
+            return TrialOutcome(Outcome.BAD_OUTPUT, reason="the trial exited without a result", **common)
+        return TrialOutcome(Outcome.OK, result=self.result, **common)
+
+
+def _child_env(changes: Mapping[str, str | None]) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONUNBUFFERED"] = "1"
+    for name, value in changes.items():
+        if value is None:
+            env.pop(name, None)
+        else:
+            env[name] = value
+    return env
+
+
+def _pin(cpus: tuple[int, ...] | None) -> Callable[[], None] | None:
+    if cpus is None:
+        return None
+    chosen = set(cpus)
+    return lambda: os.sched_setaffinity(0, chosen)
+
+
+def _tree_rss_mb(pid: int) -> float:
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return 0.0
+    total = 0
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            total += proc.memory_info().rss
+    return total / 2**20
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    """Stop the child's whole process group: SIGTERM, a grace period, then SIGKILL."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=TERMINATE_GRACE_SECONDS)
+    except subprocess.TimeoutExpired:
+        pass
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def _signal_outcome(signum: int) -> Outcome:
+    return Outcome.OUT_OF_MEMORY if signum == signal.SIGKILL else Outcome.CRASHED
+
+
+def _signal_reason(signum: int) -> str:
+    name = signal.Signals(signum).name if signum in signal.Signals._value2member_map_ else str(signum)
+    if signum == signal.SIGKILL:
+        return f"killed by {name} (most likely the kernel's out-of-memory killer)"
+    if signum == signal.SIGSEGV:
+        return f"killed by {name} (segmentation fault)"
+    return f"killed by signal {name}"
+
+
+def _tail(path: Path) -> str:
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            size = handle.tell()
+            handle.seek(max(0, size - STDERR_TAIL_CHARS))
+            return handle.read().decode("utf-8", "replace")
+    except OSError:
+        return ""

@@ -1,0 +1,502 @@
+"""Search spaces: the knobs of a workload, read from a TOML file and bounded by the host.
+
+A :class:`SearchSpace` is loaded once per run with :func:`load_space`; host facts (core counts, CPU
+flags, allocators found) resolve symbolic bounds and drop choices the host cannot run. The driver then
+asks it for complete configurations: :meth:`SearchSpace.suggest` inside an Optuna trial,
+:meth:`SearchSpace.reference` for the baseline and vendor-recommended configs, and
+:meth:`SearchSpace.configure` for a hand-written one (``autotune bench --set``). A configuration is a
+plain dict holding a value for every knob; nothing in a space file is evaluated as code.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from autotune.errors import UserError
+
+if TYPE_CHECKING:
+    import optuna
+
+KNOB_TYPES = ("int", "float", "bool", "categorical", "shape")
+TARGETS = ("param", "env", "allocator", "affinity")
+HOST_FACTS = ("physical_cores", "physical_cores_per_socket", "logical_cpus", "sockets")
+REFERENCES = ("baseline", "vendor_recommended")
+UNSET = "default"
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off"}
+
+
+class SpaceError(UserError):
+    """A search-space file, knob or value that cannot be used; the message names the key."""
+
+
+@dataclass(frozen=True)
+class HostFacts:
+    """What a search space needs to know of the host.
+
+    Attributes:
+        counts: Values for the symbolic bounds in :data:`HOST_FACTS`.
+        isa: CPU flags, e.g. ``{"avx512_bf16": True}``.
+        allocators: Names of the allocators that can be preloaded on this host.
+    """
+
+    counts: Mapping[str, int]
+    isa: Mapping[str, bool] = field(default_factory=dict)
+    allocators: frozenset[str] = frozenset()
+
+    @classmethod
+    def of(cls, host: Any) -> HostFacts:
+        """Facts of a :class:`autotune.host.HostInfo`, counted over the CPUs this process may use.
+
+        Counting every fact over the usable CPUs keeps them consistent: under a restricted affinity
+        (a container's cpuset) the whole machine's cores per socket can exceed the usable CPUs.
+        """
+        cores = {host.core_of_cpu[cpu] for cpu in host.usable_cpus if cpu in host.core_of_cpu}
+        sockets = len({socket for socket, _ in cores})
+        return cls(
+            counts={
+                "physical_cores": len(cores) or host.physical_cores,
+                "physical_cores_per_socket": (
+                    len(cores) // sockets if cores else host.physical_cores_per_socket
+                ),
+                "logical_cpus": len(host.usable_cpus) or host.logical_cpus,
+                "sockets": sockets or host.sockets,
+            },
+            isa=dict(host.isa),
+            allocators=frozenset(host.allocators),
+        )
+
+
+@dataclass(frozen=True)
+class Knob:
+    """One knob: its type, where it acts, and what values it may take on this host.
+
+    Attributes:
+        name: Canonical name, the same on the command line, in the space and in results.
+        type: One of :data:`KNOB_TYPES`.
+        target: One of :data:`TARGETS`.
+        default: Value used when the knob is not searched, inactive, or not given.
+        choices: Allowed values (categorical), or the values searched (shape).
+        low: Lower bound (int, float).
+        high: Upper bound (int, float).
+        log: Search on a log scale (int, float).
+        search: Whether the sampler varies it (unless pinned).
+        env: Environment variable (target env).
+        env_values: Value (as lower-case text) to environment text; ``"default"`` unsets it.
+        when: Other knobs' values for which this knob is active.
+        dropped: Choices removed because the host lacks what they need, with the reason.
+        help: One-line description.
+    """
+
+    name: str
+    type: str
+    target: str
+    default: Any
+    choices: tuple[Any, ...] | None = None
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    search: bool = True
+    env: str | None = None
+    env_values: Mapping[str, str] = field(default_factory=dict)
+    when: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
+    dropped: Mapping[str, str] = field(default_factory=dict)
+    help: str = ""
+
+    def parse(self, text: str) -> Any:
+        """Convert command-line text to a valid value of this knob.
+
+        Raises:
+            SpaceError: The text is not a value this knob allows.
+        """
+        if self.type == "bool":
+            lowered = text.strip().lower()
+            if lowered in _TRUE:
+                return True
+            if lowered in _FALSE:
+                return False
+            raise SpaceError(f"{self.name}: {text!r} is not a boolean (use true or false)")
+        if self.type == "int":
+            try:
+                return self.validate(int(text))
+            except ValueError:
+                raise SpaceError(f"{self.name}: {text!r} is not an integer") from None
+        if self.type == "float":
+            try:
+                return self.validate(float(text))
+            except ValueError:
+                raise SpaceError(f"{self.name}: {text!r} is not a number") from None
+        if self.type == "categorical":
+            for choice in (*(self.choices or ()), *self.dropped):
+                if str(choice) == text.strip():
+                    return self.validate(choice)
+            raise SpaceError(f"{self.name}: {text!r} is not one of {_listing(self.choices)}")
+        return self.validate(text)
+
+    def validate(self, value: Any) -> Any:
+        """Check a value (from a file or :meth:`parse`) and return it in canonical form.
+
+        Raises:
+            SpaceError: The value is outside the knob's type, range or choices.
+        """
+        if self.type == "bool":
+            if not isinstance(value, bool):
+                raise SpaceError(f"{self.name}: {value!r} is not a boolean")
+            return value
+        if self.type in ("int", "float"):
+            kinds = (int,) if self.type == "int" else (int, float)
+            if isinstance(value, bool) or not isinstance(value, kinds):
+                raise SpaceError(f"{self.name}: {value!r} is not {'an integer' if self.type == 'int' else 'a number'}")
+            if not self.low <= value <= self.high:
+                raise SpaceError(f"{self.name}: {value} is outside {_bound(self.low)}..{_bound(self.high)}")
+            return value
+        if self.type == "shape":
+            return canonical_shape(self.name, value)
+        if str(value) in self.dropped:
+            raise SpaceError(f"{self.name}: {value!r} is not available here ({self.dropped[str(value)]})")
+        if value not in (self.choices or ()):
+            raise SpaceError(f"{self.name}: {value!r} is not one of {_listing(self.choices)}")
+        return value
+
+    def active(self, config: Mapping[str, Any]) -> bool:
+        """Whether this knob matters given the other knobs' values."""
+        return all(config.get(name) in values for name, values in self.when.items())
+
+    def searchable(self) -> bool:
+        """Whether the sampler has a real choice to make for this knob."""
+        if not self.search:
+            return False
+        if self.type == "bool":
+            return True
+        if self.choices is not None:
+            return len(self.choices) > 1
+        return self.high > self.low
+
+    def suggest(self, trial: optuna.Trial) -> Any:
+        """Ask an Optuna trial for this knob's value."""
+        if self.type == "bool":
+            return trial.suggest_categorical(self.name, [False, True])
+        if self.type == "int":
+            return trial.suggest_int(self.name, int(self.low), int(self.high), log=self.log)
+        if self.type == "float":
+            return trial.suggest_float(self.name, self.low, self.high, log=self.log)
+        return trial.suggest_categorical(self.name, list(self.choices))
+
+    def env_value(self, value: Any) -> str | None:
+        """Environment text for ``value``; None means the variable is left unset."""
+        key = str(value).lower() if isinstance(value, bool) else str(value)
+        text = self.env_values.get(key.lower(), key)
+        return None if text == UNSET else text
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """A workload's knobs, resolved for one host.
+
+    Attributes:
+        workload: Workload name.
+        module: Python module the trial runs with ``-m``.
+        knobs: Knobs by name, in file order (conditions refer to earlier knobs).
+        references: ``baseline`` and ``vendor_recommended`` partial configs, host facts resolved.
+        path: The file it was read from.
+    """
+
+    workload: str
+    module: str
+    knobs: Mapping[str, Knob]
+    references: Mapping[str, Mapping[str, Any]]
+    path: Path | None = None
+
+    def configure(self, values: Mapping[str, Any], base: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Complete and validate a configuration.
+
+        Args:
+            values: Knob values to apply (already typed).
+            base: Values underneath ``values``; knob defaults fill the rest.
+
+        Raises:
+            SpaceError: An unknown knob or a value the knob does not allow.
+        """
+        config = {name: knob.default for name, knob in self.knobs.items()}
+        for source in (base or {}, values):
+            for name, value in source.items():
+                config[name] = self.knob(name).validate(value)
+        return config
+
+    def knob(self, name: str) -> Knob:
+        """The knob called ``name``.
+
+        Raises:
+            SpaceError: No such knob.
+        """
+        if name not in self.knobs:
+            raise SpaceError(f"unknown knob {name!r}; knobs: {', '.join(self.knobs)}")
+        return self.knobs[name]
+
+    def parse_assignments(self, items: Iterable[str]) -> dict[str, Any]:
+        """Parse ``KNOB=VALUE`` strings (``--set``) into typed values.
+
+        Raises:
+            SpaceError: A malformed item, an unknown knob, or a value it does not allow.
+        """
+        values: dict[str, Any] = {}
+        for item in items:
+            name, sep, text = item.partition("=")
+            if not sep or not name.strip():
+                raise SpaceError(f"--set {item!r}: expected KNOB=VALUE")
+            values[name.strip()] = self.knob(name.strip()).parse(text)
+        return values
+
+    def reference(self, name: str, pins: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The ``baseline`` or ``vendor_recommended`` config, with ``pins`` applied on top."""
+        return self.configure(pins or {}, base=self.references[name])
+
+    def suggest(self, trial: optuna.Trial, pins: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Build a configuration inside an Optuna trial (define-by-run).
+
+        Pinned, unsearched and inactive knobs take their pinned value or default and are not
+        suggested, so Optuna only sees the knobs that vary.
+        """
+        pins = pins or {}
+        config: dict[str, Any] = {}
+        for name, knob in self.knobs.items():
+            if name in pins:
+                config[name] = pins[name]
+            elif knob.searchable() and knob.active(config):
+                config[name] = knob.suggest(trial)
+            else:
+                config[name] = knob.default
+        return self.configure(config)
+
+    def searched(self, pins: Mapping[str, Any] | None = None) -> list[str]:
+        """Names of the knobs the sampler varies."""
+        return [n for n, k in self.knobs.items() if k.searchable() and n not in (pins or {})]
+
+    def fingerprint_config(self, config: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
+        """A hashable identity of what a config runs: inactive knobs collapse to their default."""
+        effective: dict[str, Any] = {}
+        for name, knob in self.knobs.items():
+            effective[name] = config[name] if knob.active(effective) else knob.default
+        return tuple(effective.items())
+
+
+def canonical_shape(name: str, value: Any) -> str:
+    """Canonical text of a patch shape: ``"64"`` for a cube, else ``"D,H,W"``.
+
+    Raises:
+        SpaceError: Not one or three positive integers.
+    """
+    parts = [value] if isinstance(value, int) and not isinstance(value, bool) else str(value).split(",")
+    try:
+        sides = [int(str(p).strip()) for p in parts]
+    except ValueError:
+        raise SpaceError(f"{name}: {value!r} is not a shape (D or D,H,W)") from None
+    if len(sides) not in (1, 3) or min(sides) < 1:
+        raise SpaceError(f"{name}: {value!r} is not a shape of 1 or 3 positive integers")
+    if len(set(sides)) == 1:
+        return str(sides[0])
+    return ",".join(map(str, sides))
+
+
+def shape_tuple(text: str) -> tuple[int, int, int]:
+    """``"64"`` -> (64, 64, 64); ``"64,64,32"`` -> (64, 64, 32)."""
+    sides = [int(p) for p in str(text).split(",")]
+    return (sides[0],) * 3 if len(sides) == 1 else (sides[0], sides[1], sides[2])
+
+
+def load_space(path: Path, facts: HostFacts) -> SearchSpace:
+    """Read and validate a search-space file, resolved for a host.
+
+    Raises:
+        SpaceError: The file is missing, not TOML, or has a bad key; the message names it.
+    """
+    try:
+        data = tomllib.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise SpaceError(f"{path}: search-space file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpaceError(f"{path}: cannot read: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SpaceError(f"{path}: not valid TOML: {exc}") from None
+    try:
+        return _build_space(data, facts, Path(path))
+    except SpaceError as exc:
+        raise SpaceError(f"{path}: {exc}") from None
+
+
+def _build_space(data: dict[str, Any], facts: HostFacts, path: Path) -> SearchSpace:
+    _only_keys(data, {"workload", "knobs", *REFERENCES}, "top level")
+    workload = _table(data, "workload")
+    _only_keys(workload, {"name", "module"}, "workload")
+    name, module = workload.get("name"), workload.get("module")
+    if not (isinstance(name, str) and name.replace("_", "").isalnum()):
+        raise SpaceError(f"workload.name: {name!r} is not a plain name (letters, digits, _)")
+    if not (isinstance(module, str) and all(p.isidentifier() for p in module.split("."))):
+        raise SpaceError(f"workload.module: {module!r} is not a dotted Python module name")
+    knobs: dict[str, Knob] = {}
+    for knob_name, table in _table(data, "knobs").items():
+        if not isinstance(table, dict):
+            raise SpaceError(f"knobs.{knob_name}: must be a table")
+        knobs[knob_name] = _build_knob(knob_name, table, facts, knobs)
+    if not knobs:
+        raise SpaceError("knobs: no knobs defined")
+    space = SearchSpace(workload=name, module=module, knobs=knobs, references={}, path=path)
+    references = {}
+    for ref in REFERENCES:
+        table = _table(data, ref)
+        resolved = {}
+        for knob_name, value in table.items():
+            knob = space.knobs.get(knob_name)
+            if knob is None:
+                raise SpaceError(f"{ref}.{knob_name}: unknown knob")
+            if isinstance(value, str) and value in HOST_FACTS and knob.type in ("int", "float"):
+                value = facts.counts[value]
+            try:
+                resolved[knob_name] = knob.validate(value)
+            except SpaceError as exc:
+                raise SpaceError(f"{ref}.{exc}") from None
+        references[ref] = resolved
+    return SearchSpace(workload=name, module=module, knobs=knobs, references=references, path=path)
+
+
+def _build_knob(name: str, table: dict[str, Any], facts: HostFacts, earlier: Mapping[str, Knob]) -> Knob:
+    where = f"knobs.{name}"
+    allowed = {"type", "target", "default", "choices", "low", "high", "log", "search", "env",
+               "env_values", "when", "requires", "help"}
+    _only_keys(table, allowed, where)
+    kind = table.get("type")
+    if kind not in KNOB_TYPES:
+        raise SpaceError(f"{where}.type: {kind!r} is not one of {', '.join(KNOB_TYPES)}")
+    target = table.get("target")
+    if target not in TARGETS:
+        raise SpaceError(f"{where}.target: {target!r} is not one of {', '.join(TARGETS)}")
+    if target == "env" and not (isinstance(table.get("env"), str) and table["env"].isidentifier()):
+        raise SpaceError(f"{where}.env: an env knob needs a variable name")
+    if "default" not in table:
+        raise SpaceError(f"{where}.default: missing")
+    fields_: dict[str, Any] = {
+        "name": name, "type": kind, "target": target, "default": table["default"],
+        "search": _typed(table, "search", bool, True, where), "log": _typed(table, "log", bool, False, where),
+        "env": table.get("env"), "help": _typed(table, "help", str, "", where),
+        "env_values": _env_values(table.get("env_values", {}), where),
+        "when": _when(table.get("when", {}), earlier, where),
+    }
+    if kind in ("int", "float"):
+        fields_["low"] = _host_bound(table, "low", facts, where)
+        fields_["high"] = _host_bound(table, "high", facts, where)
+        if kind == "int" and not all(isinstance(fields_[k], int) for k in ("low", "high")):
+            raise SpaceError(f"{where}: an int knob needs integer low and high")
+        if fields_["log"] and fields_["low"] <= 0:
+            raise SpaceError(f"{where}.log: a log scale needs low above 0")
+        if fields_["low"] > fields_["high"]:
+            raise SpaceError(f"{where}: low {fields_['low']} is above high {fields_['high']} on this host")
+    elif kind in ("categorical", "shape"):
+        choices = table.get("choices")
+        if not isinstance(choices, list) or not choices:
+            raise SpaceError(f"{where}.choices: needs a non-empty list")
+        if not all(isinstance(c, str | int | float) for c in choices):
+            raise SpaceError(f"{where}.choices: each must be a string, number or boolean")
+        fields_["choices"], fields_["dropped"] = _host_choices(name, choices, table, facts, target, where)
+        if kind == "shape":
+            fields_["choices"] = tuple(canonical_shape(where, c) for c in fields_["choices"])
+    knob = Knob(**fields_)
+    try:
+        default = knob.validate(knob.default)
+    except SpaceError as exc:
+        raise SpaceError(f"{where}.default: {exc}") from None
+    return Knob(**{**fields_, "default": default})
+
+
+def _host_choices(
+    name: str, choices: list[Any], table: dict[str, Any], facts: HostFacts, target: str, where: str
+) -> tuple[tuple[Any, ...], dict[str, str]]:
+    requires = table.get("requires", {})
+    if not isinstance(requires, dict) or not all(isinstance(f, str) for f in requires.values()):
+        raise SpaceError(f"{where}.requires: must map a choice to a CPU flag")
+    kept, dropped = [], {}
+    for choice in choices:
+        flag = requires.get(str(choice))
+        if flag is not None and not facts.isa.get(flag, False):
+            dropped[str(choice)] = f"the CPU lacks {flag}"
+        elif target == "allocator" and choice != "system" and choice not in facts.allocators:
+            dropped[str(choice)] = f"{choice} was not found on this host"
+        else:
+            kept.append(choice)
+    unknown = set(requires) - {str(c) for c in choices}
+    if unknown:
+        raise SpaceError(f"{where}.requires: {sorted(unknown)[0]!r} is not a choice")
+    if not kept:
+        raise SpaceError(f"{where}.choices: none is available on this host")
+    return tuple(kept), dropped
+
+
+def _host_bound(table: dict[str, Any], key: str, facts: HostFacts, where: str) -> float:
+    value = table.get(key)
+    if isinstance(value, str):
+        if value not in HOST_FACTS:
+            raise SpaceError(f"{where}.{key}: {value!r} is not a number or one of {', '.join(HOST_FACTS)}")
+        return facts.counts[value]
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise SpaceError(f"{where}.{key}: missing or not a number")
+    return value
+
+
+def _env_values(value: Any, where: str) -> dict[str, str]:
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise SpaceError(f"{where}.env_values: must map values to strings")
+    return {str(k).lower(): v for k, v in value.items()}
+
+
+def _when(value: Any, earlier: Mapping[str, Knob], where: str) -> dict[str, tuple[Any, ...]]:
+    if not isinstance(value, dict):
+        raise SpaceError(f"{where}.when: must map earlier knobs to lists of values")
+    conditions = {}
+    for other, values in value.items():
+        if other not in earlier:
+            raise SpaceError(f"{where}.when: {other!r} is not a knob defined above")
+        if not isinstance(values, list) or not values:
+            raise SpaceError(f"{where}.when.{other}: must be a non-empty list")
+        knob = earlier[other]
+        conditions[other] = tuple(_condition_value(knob, v, f"{where}.when") for v in values)
+    return conditions
+
+
+def _condition_value(knob: Knob, value: Any, where: str) -> Any:
+    if str(value) in knob.dropped:
+        return value
+    try:
+        return knob.validate(value)
+    except SpaceError as exc:
+        raise SpaceError(f"{where}.{exc}") from None
+
+
+def _table(data: dict[str, Any], key: str) -> dict[str, Any]:
+    value = data.get(key)
+    if not isinstance(value, dict):
+        raise SpaceError(f"[{key}]: missing table")
+    return value
+
+
+def _only_keys(table: dict[str, Any], allowed: set[str], where: str) -> None:
+    for key in table:
+        if key not in allowed:
+            raise SpaceError(f"{where}: unknown key {key!r}")
+
+
+def _typed(table: dict[str, Any], key: str, kind: type, default: Any, where: str) -> Any:
+    value = table.get(key, default)
+    if not isinstance(value, kind):
+        raise SpaceError(f"{where}.{key}: must be {kind.__name__}")
+    return value
+
+
+def _listing(choices: Iterable[Any] | None) -> str:
+    return ", ".join(str(c) for c in choices or ())
+
+
+def _bound(value: float | None) -> str:
+    return f"{value:g}" if value is not None else "?"

@@ -1,0 +1,361 @@
+"""The tuning loop: one Optuna study, ask -> run one subprocess trial -> tell, until the budget ends.
+
+:func:`run_study` owns the flow. It opens (or resumes) the study in Optuna's RDB storage, checks the
+host fingerprint, fails trials orphaned by a killed driver, enqueues the baseline and the
+vendor-recommended configs once, then runs trials one at a time (trials that share cores would
+measure each other). Every trial's record is stored in its user attributes before it is told, so
+nothing measured is lost. At the end it prints the baseline / vendor / best table and writes
+``best.json`` and ``report.md``.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import statistics
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+import psutil
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from autotune.console import console, format_rate
+from autotune.errors import UserError
+from autotune.host import HostInfo
+from autotune.launch import default_memory_cap_mb, trial_spec
+from autotune.protocol import Outcome
+from autotune.pruning import BestFractionPruner
+from autotune.record import trial_record
+from autotune.report import StudySummary, print_summary, summarize_study, write_outputs
+from autotune.runner import TrialRunner
+from autotune.space import REFERENCES, SearchSpace
+
+DEFAULT_STORAGE = "sqlite:///autotune.db"
+# After this many consecutive repeats of measured configurations the space is taken as exhausted.
+MAX_CONSECUTIVE_REPEATS = 25
+INTERRUPTED = "interrupted"
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Options of one ``autotune run``.
+
+    Attributes:
+        trials: Trials to run in this call (references included, repeats answered from storage).
+        timeout_s: Wall-clock budget; no trial starts after it.
+        storage: Optuna storage URL; None means :data:`DEFAULT_STORAGE`.
+        study_name: Study name; None derives it from workload, mode and host.
+        sampler: ``tpe``, ``random`` or ``grid``.
+        seed: Sampler seed.
+        data_dir: Dataset folder passed to the workload, or None for synthetic data.
+        report_dir: Output folder; None means ``reports/<study>``.
+        trial_timeout_s: Wall-clock limit of one trial.
+        memory_cap_mb: Memory cap of one trial; None means a share of the host's memory.
+        allow_mixed_hosts: Accept a study recorded on a host with another fingerprint.
+        prune: Whether search trials may be pruned.
+    """
+
+    trials: int = 30
+    timeout_s: float = 1200.0
+    storage: str | None = None
+    study_name: str | None = None
+    sampler: str = "tpe"
+    seed: int = 0
+    data_dir: str | None = None
+    report_dir: Path | None = None
+    trial_timeout_s: float = 900.0
+    memory_cap_mb: float | None = None
+    allow_mixed_hosts: bool = False
+    prune: bool = True
+
+
+def run_study(
+    options: RunOptions,
+    host: HostInfo,
+    space: SearchSpace,
+    pins: Mapping[str, Any],
+    runner: TrialRunner | None = None,
+) -> int:
+    """Run (or resume) a study and write its outputs.
+
+    Returns:
+        The exit status: 0 when the study ran, 1 when no trial succeeded, 130 when interrupted.
+
+    Raises:
+        UserError: The storage cannot be opened, or the study belongs to another host or settings.
+    """
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    mode = pins.get("mode", space.knobs["mode"].default if "mode" in space.knobs else "run")
+    name = options.study_name or f"{space.workload}-{mode}-{host.fingerprint[:8]}"
+    study = _open_study(options, name, space, pins)
+    _check_host(study, host, options.allow_mixed_hosts)
+    _check_pins(study, space, pins)
+    _fail_orphans(study)
+    _enqueue_references(study, space, pins)
+    loop = _Loop(options, host, space, pins, study, runner or TrialRunner())
+    interrupted = loop.run()
+    summary = summarize_study(study, space, host)
+    report_dir = options.report_dir or Path("reports") / name
+    write_outputs(summary, report_dir)
+    print_summary(summary, report_dir, loop.stats)
+    if interrupted:
+        return 130
+    return 0 if summary.best is not None else 1
+
+
+def storage_url(options: RunOptions) -> str:
+    """The storage URL a run uses."""
+    return options.storage or DEFAULT_STORAGE
+
+
+def _open_study(options: RunOptions, name: str, space: SearchSpace, pins: Mapping[str, Any]) -> optuna.Study:
+    url = storage_url(options)
+    try:
+        storage = optuna.storages.RDBStorage(url, heartbeat_interval=None)
+        return optuna.create_study(
+            study_name=name,
+            storage=storage,
+            direction="maximize",
+            sampler=_sampler(options, space, pins),
+            pruner=BestFractionPruner() if options.prune else optuna.pruners.NopPruner(),
+            load_if_exists=True,
+        )
+    except (ImportError, ValueError, optuna.exceptions.OptunaError) as exc:
+        raise UserError(f"cannot open storage {redact(url)}: {str(exc).splitlines()[0]}") from None
+    except Exception as exc:  # SQLAlchemy's errors: the driver does not import SQLAlchemy itself
+        if type(exc).__module__.startswith("sqlalchemy"):
+            raise UserError(f"cannot open storage {redact(url)}: {str(exc).splitlines()[0]}") from None
+        raise
+
+
+def redact(url: str) -> str:
+    """A storage URL with its password replaced by ``***``."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url
+    credentials, at, location = rest.rpartition("@")
+    user, colon, _ = credentials.partition(":")
+    return f"{scheme}://{user}{':***' if colon else ''}{at}{location}"
+
+
+def _sampler(options: RunOptions, space: SearchSpace, pins: Mapping[str, Any]) -> optuna.samplers.BaseSampler:
+    if options.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=options.seed)
+    if options.sampler == "grid":
+        grid = {}
+        for name in space.searched(pins):
+            knob = space.knobs[name]
+            if knob.type == "bool":
+                grid[name] = [False, True]
+            elif knob.choices is not None:
+                grid[name] = list(knob.choices)
+            elif knob.type == "int":
+                grid[name] = list(range(int(knob.low), int(knob.high) + 1))
+            else:
+                raise UserError(f"--sampler grid cannot enumerate the float knob {name!r}; pin it with --set")
+        return optuna.samplers.GridSampler(grid, seed=options.seed)
+    return optuna.samplers.TPESampler(seed=options.seed, multivariate=True, group=True)
+
+
+def _check_host(study: optuna.Study, host: HostInfo, allow_mixed: bool) -> None:
+    recorded = study.user_attrs.get("host_fingerprint")
+    if recorded is None:
+        study.set_user_attr("host_fingerprint", host.fingerprint)
+        study.set_user_attr("host", host.to_dict())
+    elif recorded != host.fingerprint and not allow_mixed:
+        raise UserError(
+            f"study {study.study_name!r} was recorded on host {recorded}, this host is {host.fingerprint}; "
+            "use another --study or --allow-mixed-hosts"
+        )
+
+
+def _check_pins(study: optuna.Study, space: SearchSpace, pins: Mapping[str, Any]) -> None:
+    recorded = study.user_attrs.get("pins")
+    wanted = dict(sorted(pins.items()))
+    if recorded is None:
+        study.set_user_attr("pins", wanted)
+        study.set_user_attr("workload", space.workload)
+    elif recorded != wanted:
+        shown = " ".join(f"--set {k}={v}" for k, v in recorded.items()) or "no --set"
+        raise UserError(f"study {study.study_name!r} was started with {shown}; use the same or another --study")
+
+
+def _fail_orphans(study: optuna.Study) -> None:
+    """Fail RUNNING trials whose driver process on this host is gone (a killed earlier run)."""
+    me = socket.gethostname()
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        worker_host, _, pid = str(trial.user_attrs.get("worker", "")).rpartition(":")
+        if worker_host != me or not pid.isdigit() or psutil.pid_exists(int(pid)) and int(pid) != os.getpid():
+            continue
+        study._storage.set_trial_user_attr(trial._trial_id, "outcome", Outcome.INTERRUPTED.value)
+        study._storage.set_trial_user_attr(trial._trial_id, "reason", "the driver was killed during this trial")
+        study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
+
+
+def _enqueue_references(study: optuna.Study, space: SearchSpace, pins: Mapping[str, Any]) -> None:
+    roles = {t.user_attrs.get("role") for t in study.get_trials(deepcopy=False)}
+    searched = space.searched(pins)
+    for role in REFERENCES:
+        if role in roles:
+            continue
+        config = space.reference(role, pins)
+        params = {n: config[n] for n in searched if space.knobs[n].active(config)}
+        study.enqueue_trial(params, user_attrs={"role": role})
+
+
+class _Loop:
+    """The ask -> run -> tell loop with its progress display."""
+
+    def __init__(
+        self,
+        options: RunOptions,
+        host: HostInfo,
+        space: SearchSpace,
+        pins: Mapping[str, Any],
+        study: optuna.Study,
+        runner: TrialRunner,
+    ) -> None:
+        self.options = options
+        self.host = host
+        self.space = space
+        self.pins = pins
+        self.study = study
+        self.runner = runner
+        self.memory_cap = options.memory_cap_mb or default_memory_cap_mb(host)
+        self.stats = {"run": 0, "repeats": 0, "pruned": 0, "failed": 0, "time_saved_s": 0.0,
+                      "elapsed_s": 0.0}
+        self.seen = self._measured()
+
+    def _measured(self) -> dict[tuple, optuna.trial.FrozenTrial]:
+        seen = {}
+        for trial in self.study.get_trials(deepcopy=False):
+            config = trial.user_attrs.get("config")
+            if config and trial.state.is_finished() and "repeat_of" not in trial.user_attrs:
+                seen.setdefault(self._key(config), trial)
+        return seen
+
+    def _key(self, config: Mapping[str, Any]) -> tuple:
+        try:
+            return self.space.fingerprint_config(self.space.configure(config))
+        except UserError:
+            return (("unreadable", repr(sorted(config.items()))),)
+
+    def run(self) -> bool:
+        """Run trials until the budget ends; return True when interrupted."""
+        start = time.monotonic()
+        deadline = start + self.options.timeout_s
+        repeats_in_a_row = 0
+        columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TimeElapsedColumn(), TextColumn("{task.fields[status]}"))
+        with Progress(*columns, console=console, transient=False) as progress:
+            task = progress.add_task("trials", total=self.options.trials, status="")
+            done = 0
+            while done < self.options.trials and time.monotonic() < deadline:
+                remaining = deadline - time.monotonic()
+                trial = self.study.ask()
+                role = trial.user_attrs.get("role", "search")
+                config = self.space.suggest(trial, self.pins)
+                if role in REFERENCES:
+                    config = self.space.reference(role, self.pins)
+                status = f"best {self._best_text()} | left {remaining / 60:.1f} min"
+                progress.update(task, description=f"trial {trial.number} ({role})", status=status)
+                earlier = self.seen.get(self._key(config)) if role == "search" else None
+                if earlier is not None:
+                    self._answer_repeat(trial, earlier)
+                    repeats_in_a_row += 1
+                    done += 1
+                    progress.advance(task)
+                    if repeats_in_a_row >= MAX_CONSECUTIVE_REPEATS:
+                        progress.console.print("the search space looks exhausted: stopping the search")
+                        break
+                    continue
+                repeats_in_a_row = 0
+                progress.console.print(f"trial {trial.number} ({role}): {self._describe(config)}")
+                try:
+                    self._measure(trial, role, config, progress, task)
+                except KeyboardInterrupt:
+                    self._tell_interrupted(trial)
+                    self.stats["elapsed_s"] = time.monotonic() - start
+                    return True
+                done += 1
+                progress.advance(task)
+        self.stats["elapsed_s"] = time.monotonic() - start
+        return False
+
+    def _measure(self, trial: optuna.Trial, role: str, config: dict[str, Any], progress: Progress, task: Any) -> None:
+        trial.set_user_attr("role", role)
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        trial.set_user_attr("config", config)
+        spec = trial_spec(self.space, config, self.host, data_dir=self.options.data_dir,
+                          timeout_s=self.options.trial_timeout_s, memory_cap_mb=self.memory_cap)
+
+        def on_step(steps: list[float], setup: Mapping[str, Any]) -> bool:
+            median = statistics.median(steps)
+            voxels = setup.get("voxels_per_step")
+            progress.update(task, status=f"step {len(steps)}: median {median:.3f}s | best {self._best_text()}")
+            if not voxels or role != "search" or not self.options.prune:
+                return False
+            trial.report(voxels / median, len(steps) - 1)
+            return trial.should_prune()
+
+        outcome = self.runner.run(spec, on_step=on_step)
+        record = trial_record(config, spec, outcome, self.host)
+        if outcome.outcome is Outcome.PRUNED and outcome.step_seconds:
+            planned = int(config.get("steps", len(outcome.step_seconds)))
+            saved = max(0, planned - len(outcome.step_seconds)) * statistics.median(outcome.step_seconds)
+            record["time_saved_s"] = saved
+            self.stats["time_saved_s"] += saved
+        for key, value in record.items():
+            trial.set_user_attr(key, value)
+        line = f"trial {trial.number}: {outcome.outcome.value}"
+        if outcome.outcome is Outcome.OK:
+            value = record["voxels_per_s"]
+            self.study.tell(trial, value)
+            line += f", {format_rate(value)} voxels/s (median step {record['median_step_s']:.3f}s, CV {record['cv']:.1%})"
+        elif outcome.outcome is Outcome.PRUNED:
+            self.study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            self.stats["pruned"] += 1
+            line += f" ({outcome.reason})"
+        else:
+            self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            self.stats["failed"] += 1
+            line += f": {outcome.reason}"
+        self.stats["run"] += 1
+        self.seen.setdefault(self._key(config), self.study.get_trials(deepcopy=False)[-1])
+        progress.console.print(line)
+
+    def _answer_repeat(self, trial: optuna.Trial, earlier: optuna.trial.FrozenTrial) -> None:
+        trial.set_user_attr("role", "search")
+        trial.set_user_attr("repeat_of", earlier.number)
+        trial.set_user_attr("config", earlier.user_attrs.get("config"))
+        trial.set_user_attr("outcome", "repeat")
+        trial.set_user_attr("reason", f"same configuration as trial {earlier.number}; not measured again")
+        self.stats["repeats"] += 1
+        if earlier.state == optuna.trial.TrialState.COMPLETE:
+            self.study.tell(trial, earlier.value)
+        else:
+            self.study.tell(trial, state=earlier.state if earlier.state.is_finished() else optuna.trial.TrialState.FAIL)
+
+    def _tell_interrupted(self, trial: optuna.Trial) -> None:
+        trial.set_user_attr("outcome", Outcome.INTERRUPTED.value)
+        trial.set_user_attr("reason", "stopped by the user (Ctrl-C)")
+        self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+
+    def _best_text(self) -> str:
+        try:
+            return format_rate(self.study.best_value) + " voxels/s"
+        except ValueError:
+            return "-"
+
+    def _describe(self, config: Mapping[str, Any]) -> str:
+        shown = [n for n in self.space.searched(self.pins) if self.space.knobs[n].active(config)]
+        return " ".join(f"{n}={config[n]}" for n in shown)
+
+
+def summary_of(study: optuna.Study, space: SearchSpace, host: HostInfo) -> StudySummary:
+    """The summary of a stored study (for commands that read a study without running it)."""
+    return summarize_study(study, space, host)

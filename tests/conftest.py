@@ -1,0 +1,37 @@
+"""Shared fixtures: this host (probed without TensorFlow) and the fake search space."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from autotune.host import HostInfo, probe_host
+from autotune.space import HostFacts, SearchSpace, load_space
+
+DATA = Path(__file__).resolve().parent / "data"
+FAKE_SPACE = DATA / "fake.toml"
+
+
+@pytest.fixture(scope="session")
+def host() -> HostInfo:
+    """This machine, without the slow software-version probe."""
+    return probe_host(software=False)
+
+
+@pytest.fixture(scope="session")
+def fake_space(host: HostInfo) -> SearchSpace:
+    """``tests/data/fake.toml`` resolved for this host."""
+    return load_space(FAKE_SPACE, HostFacts.of(host))
+
+
+@pytest.fixture
+def space_from_toml(tmp_path: Path, host: HostInfo):
+    """Write a search-space file into ``tmp_path`` and load it for this host."""
+
+    def load(text: str, name: str = "space.toml") -> SearchSpace:
+        path = tmp_path / name
+        path.write_text(text)
+        return load_space(path, HostFacts.of(host))
+
+    return load

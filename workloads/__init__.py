@@ -1,0 +1,1 @@
+"""Workloads that a trial runs in a child process; only this package imports TensorFlow."""

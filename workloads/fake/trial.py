@@ -1,0 +1,103 @@
+"""One trial of the fake workload: a sleep whose length depends on the knobs."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+from autotune.protocol import TrialResult, encode_message
+from workloads.harness import BadInput, Reporter, build_result, observed_environment
+
+FAULTS = (
+    "none", "crash", "segfault", "hang", "garbage", "no_result", "half_result", "memory", "spawn",
+    "bad_input", "exit",
+)
+# Multiplies every step time; lets tests inject a regression into an already stored configuration.
+SLOWDOWN_ENV = "AUTOTUNE_FAKE_SLOWDOWN"
+
+
+def step_cost(params: dict[str, Any], env: dict[str, str], n_cpus: int) -> float:
+    """Relative cost of one step: channels_first, oneDNN off and thread mismatch are slower."""
+    cost = 1.0
+    if params.get("data_format") == "channels_first" and not params.get("transpose_elimination"):
+        cost *= 4.0
+    if env.get("TF_ENABLE_ONEDNN_OPTS") == "0":
+        cost *= 2.0
+    threads = int(params.get("intra_threads", 0)) or n_cpus
+    cost *= 1.0 + 0.25 * abs(threads - n_cpus)
+    batch = int(params.get("batch", 1))
+    patch = int(params.get("patch", 16))
+    cost *= batch * (patch / 16) ** 3
+    cost *= float(params.get("slowdown", 1.0)) * float(env.get(SLOWDOWN_ENV, "1"))
+    return cost
+
+
+def run(params: dict[str, Any], reporter: Reporter) -> TrialResult:
+    """Run one fake trial, possibly failing as the ``fault`` knob says."""
+    fault = params.get("fault", "none")
+    if fault not in FAULTS:
+        raise BadInput(f"unknown fault {fault!r}; choose one of {', '.join(FAULTS)}")
+    if fault == "bad_input":
+        raise BadInput("the fake workload was told its input is bad")
+    cpus = len(os.sched_getaffinity(0))
+    base = float(params.get("step_seconds", 0.01)) * step_cost(params, dict(os.environ), cpus)
+    noise = float(params.get("noise", 0.0))
+    rng = random.Random()
+    fault_at = int(params.get("fault_after", 1))
+    hog: list[bytearray] = []
+
+    def step(index: int) -> None:
+        if index == fault_at:
+            _fail(fault, params, hog)
+        time.sleep(max(0.0, base * (1.0 + rng.gauss(0.0, noise))))
+
+    batch = int(params.get("batch", 1))
+    patch = int(params.get("patch", 16))
+    warmup_times, step_times = reporter.time_steps(
+        step, int(params.get("warmup", 1)), int(params.get("steps", 3)),
+        voxels_per_step=batch * patch**3,
+    )
+    if fault == "no_result":
+        raise SystemExit(0)
+    if fault == "half_result":
+        sys.stdout.write(encode_message("result", workload="fake")[:40])
+        sys.stdout.flush()
+        raise SystemExit(0)
+    return build_result(
+        "fake",
+        params,
+        warmup_times,
+        step_times,
+        batch=batch,
+        voxels_per_step=batch * patch**3,
+        flops_per_step=1e9 * batch * (patch / 16) ** 3,
+        setup_seconds=reporter.setup_seconds,
+        effective={**observed_environment(), "layout": params.get("data_format", "channels_last")},
+    )
+
+
+def _fail(fault: str, params: dict[str, Any], hog: list[bytearray]) -> None:
+    if fault == "crash":
+        raise RuntimeError("the fake workload crashed as told")
+    if fault == "segfault":
+        os.kill(os.getpid(), signal.SIGSEGV)
+    if fault == "exit":
+        raise SystemExit(3)
+    if fault == "garbage":
+        print("@autotune {this is not json", flush=True)
+    if fault == "memory":
+        chunk = 16 * 1024 * 1024
+        for _ in range(int(params.get("fault_mb", 2048)) // 16):
+            hog.append(bytearray(b"\1" * chunk))
+            time.sleep(0.005)
+        time.sleep(3600)
+    if fault == "spawn":
+        subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
+        time.sleep(3600)
+    if fault == "hang":
+        time.sleep(3600)

@@ -1,0 +1,180 @@
+"""The child side of the trial protocol, shared by every workload.
+
+A workload module provides ``run(params, reporter) -> dict`` that prepares its data and model, then calls
+:meth:`Reporter.time_steps` with its step function, and returns the workload-specific figures
+(voxels per step, FLOPs per step, effective settings). :func:`main` wraps it into the process entry point:
+it reads the JSON config, reports every step and the final result on stdout, and turns bad input into an
+``error`` message with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from autotune.measure import summarize
+from autotune.protocol import ProtocolError, TrialConfig, TrialResult, encode_message
+
+EXIT_BAD_INPUT = 2
+PROCESS_START = time.perf_counter()
+
+
+class BadInput(Exception):
+    """A trial config or data the workload cannot run; the message is one line."""
+
+
+class Reporter:
+    """Emits protocol messages for one trial and times its steps."""
+
+    def __init__(self, stream=None) -> None:
+        self._stream = stream or sys.stdout
+        self.setup_seconds = 0.0
+
+    def emit(self, kind: str, **payload: Any) -> None:
+        """Write one protocol message and flush it, so the driver sees it at once."""
+        self._stream.write(encode_message(kind, **payload) + "\n")
+        self._stream.flush()
+
+    def time_steps(
+        self, step: Callable[[int], None], warmup: int, steps: int, *, voxels_per_step: int
+    ) -> tuple[list[float], list[float]]:
+        """Run ``warmup`` untimed then ``steps`` timed calls of ``step``, reporting each.
+
+        Args:
+            step: Runs one complete step (including waiting for its result) given its index.
+            warmup: Number of warm-up steps, not counted in the figure.
+            steps: Number of timed steps.
+            voxels_per_step: Work per step, sent ahead so the driver can judge running throughput.
+
+        Returns:
+            Warm-up times and timed step times, in seconds.
+        """
+        self.setup_seconds = time.perf_counter() - PROCESS_START
+        self.emit("setup", seconds=self.setup_seconds, voxels_per_step=voxels_per_step,
+                  warmup=warmup, steps=steps)
+        times: dict[bool, list[float]] = {True: [], False: []}
+        for index in range(warmup + steps):
+            is_warmup = index < warmup
+            start = time.perf_counter()
+            step(index)
+            elapsed = time.perf_counter() - start
+            times[is_warmup].append(elapsed)
+            self.emit("step", index=index - (0 if is_warmup else warmup), seconds=elapsed,
+                      warmup=is_warmup)
+        return times[True], times[False]
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process in MiB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def build_result(
+    workload: str,
+    params: dict[str, Any],
+    warmup_seconds: list[float],
+    step_seconds: list[float],
+    *,
+    batch: int,
+    voxels_per_step: int,
+    flops_per_step: float,
+    setup_seconds: float,
+    effective: dict[str, Any],
+) -> TrialResult:
+    """Compute the figures of a trial from its step times."""
+    summary = summarize(step_seconds)
+    median = summary.median
+    return TrialResult(
+        workload=workload,
+        params=params,
+        warmup_seconds=warmup_seconds,
+        step_seconds=step_seconds,
+        median_step_s=median,
+        mad_step_s=summary.mad,
+        cv=summary.cv,
+        voxels_per_step=voxels_per_step,
+        voxels_per_s=voxels_per_step / median,
+        samples_per_s=batch / median,
+        latency_per_sample_s=median / batch,
+        flops_per_step=flops_per_step,
+        gflops_per_s=flops_per_step / median / 1e9,
+        peak_rss_mb=peak_rss_mb(),
+        setup_seconds=setup_seconds,
+        effective=effective,
+    )
+
+
+def observed_environment() -> dict[str, Any]:
+    """What this process sees of the environment knobs, CPU affinity and OpenMP runtime."""
+    names = (
+        "TF_ENABLE_ONEDNN_OPTS",
+        "OMP_NUM_THREADS",
+        "KMP_AFFINITY",
+        "KMP_BLOCKTIME",
+        "LD_PRELOAD",
+        "TF_XLA_FLAGS",
+    )
+    return {
+        "env": {name: os.environ.get(name) for name in names},
+        "cpu_affinity": sorted(os.sched_getaffinity(0)),
+        "loaded_runtimes": loaded_runtimes(),
+    }
+
+
+def loaded_runtimes() -> dict[str, str | None]:
+    """Paths of the OpenMP runtime and allocator libraries mapped into this process, if any."""
+    wanted = {"openmp": ("libiomp5", "libgomp", "libomp"), "allocator": ("jemalloc", "tcmalloc")}
+    found: dict[str, str | None] = dict.fromkeys(wanted)
+    try:
+        maps = Path("/proc/self/maps").read_text().splitlines()
+    except OSError:
+        return found
+    for line in maps:
+        path = line.rsplit(" ", 1)[-1]
+        for key, stems in wanted.items():
+            if found[key] is None and any(stem in path for stem in stems):
+                found[key] = path
+    return found
+
+
+def main(workload: str, run: Callable[[dict[str, Any], Reporter], TrialResult]) -> int:
+    """Process entry point of a workload: ``python -m workloads.<name> --config FILE``.
+
+    Args:
+        workload: The workload's name, checked against the config.
+        run: Runs the trial and returns its result record.
+
+    Returns:
+        The exit status: 0 on success, 2 on bad input. Other failures raise, so the driver sees
+        the traceback on stderr and a non-zero status.
+    """
+    parser = argparse.ArgumentParser(prog=f"python -m workloads.{workload}")
+    parser.add_argument("--config", required=True, help="trial config JSON file")
+    args = parser.parse_args()
+    reporter = Reporter()
+    try:
+        config = TrialConfig.from_json(Path(args.config).read_text())
+        if config.workload != workload:
+            raise BadInput(f"config is for workload {config.workload!r}, not {workload!r}")
+    except (BadInput, ProtocolError, OSError) as exc:
+        reporter.emit("error", message=one_line(exc))
+        return EXIT_BAD_INPUT
+    try:
+        result = run(dict(config.params), reporter)
+    except BadInput as exc:
+        reporter.emit("error", message=one_line(exc))
+        return EXIT_BAD_INPUT
+    reporter.emit("result", **result.to_dict())
+    return 0
+
+
+def one_line(exc: BaseException) -> str:
+    """The first line of an exception's message, or its type name when it has none."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
