@@ -50,8 +50,8 @@ def _parser() -> argparse.ArgumentParser:
     _workload_options(run)
     run.add_argument("--mode", choices=("infer", "train"), help="shorthand for --set mode=...")
     run.add_argument("--trials", type=_positive_int, default=30, help="trials to run in this call (default 30)")
-    run.add_argument("--timeout", type=_positive_float, default=1200.0,
-                     help="wall-clock budget of the study in seconds (default 1200)")
+    run.add_argument("--timeout", type=_positive_float, default=1080.0,
+                     help="wall-clock budget of the study in seconds; no trial starts after it (default 1080)")
     run.add_argument("--storage", help="Optuna storage URL (default: sqlite:///autotune.db here)")
     run.add_argument("--study", help="study name (default: <workload>-<mode>-<host fingerprint>)")
     run.add_argument("--sampler", choices=("tpe", "random", "grid"), default="tpe")
@@ -59,6 +59,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--report-dir", type=Path, help="report folder (default reports/<study>)")
     run.add_argument("--allow-mixed-hosts", action="store_true",
                      help="let this host add trials to a study recorded on a different host")
+    run.add_argument("--no-prune", dest="prune", action="store_false",
+                     help="measure every trial in full (no pruning of clearly slower trials)")
     run.set_defaults(handler=_run)
 
     bench = sub.add_parser("bench", help="measure one configuration the way a trial does")
@@ -80,8 +82,8 @@ def _workload_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KNOB=VALUE",
                         help="pin a knob (repeatable)")
     parser.add_argument("--data-dir", type=Path, help="BraTS folder (default: synthetic data in the cache)")
-    parser.add_argument("--trial-timeout", type=_positive_float, default=900.0,
-                        help="seconds one trial may take, start-up included (default 900)")
+    parser.add_argument("--trial-timeout", type=_positive_float, default=600.0,
+                        help="seconds one trial may take, start-up included (default 600)")
     parser.add_argument("--memory-cap", type=_positive_float,
                         help="MiB of resident memory one trial may use (default 75%% of the host)")
 
@@ -194,5 +196,6 @@ def _run(args: argparse.Namespace) -> int:
         trial_timeout_s=args.trial_timeout,
         memory_cap_mb=args.memory_cap,
         allow_mixed_hosts=args.allow_mixed_hosts,
+        prune=args.prune,
     )
     return run_study(options, host, space, pins)

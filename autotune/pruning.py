@@ -33,7 +33,7 @@ class BestFractionPruner(BasePruner):
 
     def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
         """Optuna's pruner hook."""
-        if len(trial.intermediate_values) < self.n_warmup_steps:
+        if not trial.intermediate_values or len(trial.intermediate_values) < self.n_warmup_steps:
             return False
         completed = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
         if not completed:

@@ -49,6 +49,7 @@ def trial_record(
         "reason": outcome.reason,
         "config": dict(config),
         "env": dict(spec.env),
+        "params": {k: v for k, v in spec.config.params.items() if k != "data_dir"},
         "cpus": list(spec.cpus) if spec.cpus is not None else None,
         "host": socket.gethostname(),
         "host_fingerprint": host.fingerprint,

@@ -142,7 +142,7 @@ def best_document(summary: StudySummary) -> dict[str, Any]:
 def _entry(record: Mapping[str, Any] | None) -> dict[str, Any] | None:
     if record is None:
         return None
-    keys = ("trial", "role", "config", "env", "cpus", "step_seconds", "effective", *FIGURES)
+    keys = ("trial", "role", "config", "env", "params", "cpus", "step_seconds", "effective", *FIGURES)
     return {key: record.get(key) for key in keys}
 
 
@@ -245,7 +245,9 @@ def markdown(summary: StudySummary) -> str:
     lines.append(f"- Knobs searched: {', '.join(summary.searched)}.")
     if summary.failures:
         lines += ["", "## Failed and pruned trials", "", "| trial | outcome | reason |", "|---|---|---|"]
-        lines += [f"| {n} | {o} | {r.replace('|', '/')} |" for n, o, r in summary.failures]
+        # One table row per trial: a reason's own pipes and line breaks would split it.
+        for number, outcome, reason in summary.failures:
+            lines.append(f"| {number} | {outcome} | {' '.join(reason.replace('|', '/').split())} |")
     return "\n".join(lines) + "\n"
 
 

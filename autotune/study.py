@@ -60,14 +60,14 @@ class RunOptions:
     """
 
     trials: int = 30
-    timeout_s: float = 1200.0
+    timeout_s: float = 1080.0
     storage: str | None = None
     study_name: str | None = None
     sampler: str = "tpe"
     seed: int = 0
     data_dir: str | None = None
     report_dir: Path | None = None
-    trial_timeout_s: float = 900.0
+    trial_timeout_s: float = 600.0
     memory_cap_mb: float | None = None
     allow_mixed_hosts: bool = False
     prune: bool = True
@@ -197,7 +197,12 @@ def _fail_orphans(study: optuna.Study) -> None:
 
 
 def _enqueue_references(study: optuna.Study, space: SearchSpace, pins: Mapping[str, Any]) -> None:
-    roles = {t.user_attrs.get("role") for t in study.get_trials(deepcopy=False)}
+    # An interrupted reference measured nothing: enqueue it again, so every study reports it.
+    roles = {
+        t.user_attrs.get("role")
+        for t in study.get_trials(deepcopy=False)
+        if t.user_attrs.get("outcome") != INTERRUPTED
+    }
     searched = space.searched(pins)
     for role in REFERENCES:
         if role in roles:
@@ -234,7 +239,12 @@ class _Loop:
         seen = {}
         for trial in self.study.get_trials(deepcopy=False):
             config = trial.user_attrs.get("config")
-            if config and trial.state.is_finished() and "repeat_of" not in trial.user_attrs:
+            if (
+                config
+                and trial.state.is_finished()
+                and "repeat_of" not in trial.user_attrs
+                and trial.user_attrs.get("outcome") != INTERRUPTED  # says nothing of the config
+            ):
                 seen.setdefault(self._key(config), trial)
         return seen
 
@@ -314,18 +324,19 @@ class _Loop:
         line = f"trial {trial.number}: {outcome.outcome.value}"
         if outcome.outcome is Outcome.OK:
             value = record["voxels_per_s"]
-            self.study.tell(trial, value)
+            finished = self.study.tell(trial, value)
             line += f", {format_rate(value)} voxels/s (median step {record['median_step_s']:.3f}s, CV {record['cv']:.1%})"
         elif outcome.outcome is Outcome.PRUNED:
-            self.study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            finished = self.study.tell(trial, state=optuna.trial.TrialState.PRUNED)
             self.stats["pruned"] += 1
             line += f" ({outcome.reason})"
         else:
-            self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            finished = self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
             self.stats["failed"] += 1
             line += f": {outcome.reason}"
         self.stats["run"] += 1
-        self.seen.setdefault(self._key(config), self.study.get_trials(deepcopy=False)[-1])
+        # This trial, not the study's last one: an enqueued reference may be waiting after it.
+        self.seen.setdefault(self._key(config), finished)
         progress.console.print(line)
 
     def _answer_repeat(self, trial: optuna.Trial, earlier: optuna.trial.FrozenTrial) -> None:

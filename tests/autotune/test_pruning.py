@@ -1,0 +1,201 @@
+"""BestFractionPruner: its decisions on an in-memory study, and pruning inside a fake study."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+
+from autotune.pruning import BestFractionPruner
+from autotune.study import RunOptions, run_study
+
+STUDY = "fake-prune"
+COMPLETE = optuna.trial.TrialState.COMPLETE
+PRUNED = optuna.trial.TrialState.PRUNED
+
+# The vendor reference is 20x slower per step: far below half the baseline's throughput, so it
+# would be pruned if the driver ever asked for references.
+SLOWDOWN_SPACE = """
+[workload]
+name = "fake"
+module = "workloads.fake"
+
+[knobs.mode]
+type = "categorical"
+choices = ["infer"]
+default = "infer"
+target = "param"
+
+[knobs.data_format]
+type = "categorical"
+choices = ["channels_first", "channels_last"]
+default = "channels_last"
+target = "param"
+search = false
+
+[knobs.onednn]
+type = "bool"
+default = true
+target = "env"
+env = "TF_ENABLE_ONEDNN_OPTS"
+env_values = { true = "1", false = "0" }
+search = false
+
+[knobs.kmp_blocktime]
+type = "categorical"
+choices = ["default", "1"]
+default = "default"
+target = "env"
+env = "KMP_BLOCKTIME"
+search = false
+
+[knobs.slowdown]
+type = "categorical"
+choices = [1.0, 20.0]
+default = 1.0
+target = "param"
+
+[knobs.steps]
+type = "int"
+low = 1
+high = 100
+default = 8
+target = "param"
+search = false
+
+[knobs.step_seconds]
+type = "float"
+low = 0.0
+high = 1.0
+default = 0.005
+target = "param"
+search = false
+
+[baseline]
+data_format = "channels_first"
+onednn = false
+slowdown = 1.0
+
+[vendor_recommended]
+kmp_blocktime = "1"
+slowdown = 20.0
+"""
+
+
+def in_memory_study(
+    completed: list[float], pruner: BestFractionPruner | None = None
+) -> optuna.Study:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize", pruner=pruner or BestFractionPruner())
+    for value in completed:
+        study.add_trial(optuna.trial.create_trial(value=value))
+    return study
+
+
+def running_trial(study: optuna.Study, reports: list[float]) -> optuna.Trial:
+    trial = study.ask()
+    for step, value in enumerate(reports):
+        trial.report(value, step)
+    return trial
+
+
+@pytest.mark.parametrize(
+    ("completed", "reports", "pruned"),
+    [
+        ([], [1.0, 1.0, 1.0], False),  # nothing to compare with
+        ([100.0], [1.0], False),  # before the warm-up steps
+        ([100.0], [], False),
+        ([100.0], [10.0, 10.0], True),  # far below half the best
+        ([100.0], [49.9, 49.9], True),
+        ([100.0], [50.0, 50.0], False),  # exactly half is kept
+        ([100.0], [90.0, 120.0], False),
+        ([100.0], [90.0, 10.0], True),  # the latest value counts
+        ([100.0], [10.0, 90.0], False),
+        ([10.0, 100.0, 30.0], [40.0, 40.0], True),  # against the best, not the last or the mean
+        ([10.0, 30.0], [40.0, 40.0], False),
+    ],
+)
+def test_decisions(completed, reports, pruned):
+    study = in_memory_study(completed)
+
+    assert running_trial(study, reports).should_prune() is pruned
+
+
+def test_failed_and_pruned_trials_do_not_set_the_bar():
+    study = in_memory_study([10.0])
+    study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL))
+    study.add_trial(optuna.trial.create_trial(
+        state=PRUNED, intermediate_values={0: 1000.0, 1: 1000.0}
+    ))
+
+    assert running_trial(study, [8.0, 8.0]).should_prune() is False
+
+
+@pytest.mark.parametrize(
+    ("fraction", "warmup", "reports", "pruned"),
+    [
+        (0.9, 2, [85.0, 85.0], True),
+        (0.9, 2, [95.0, 95.0], False),
+        (0.5, 0, [], False),  # no value reported yet: nothing to judge
+        (0.5, 0, [10.0], True),
+        (0.5, 4, [10.0, 10.0, 10.0], False),
+        (0.5, 4, [10.0, 10.0, 10.0, 10.0], True),
+        (1.0, 1, [99.0], True),
+    ],
+)
+def test_fraction_and_warmup_are_honoured(fraction, warmup, reports, pruned):
+    study = in_memory_study([100.0], BestFractionPruner(fraction=fraction, n_warmup_steps=warmup))
+
+    assert running_trial(study, reports).should_prune() is pruned
+
+
+@pytest.mark.parametrize("fraction", [0.0, -0.5, 1.5])
+def test_fraction_outside_0_1_is_refused(fraction):
+    with pytest.raises(ValueError, match="fraction"):
+        BestFractionPruner(fraction=fraction)
+
+
+def options(tmp_path: Path, **changes) -> RunOptions:
+    values = {
+        "trials": 2,
+        "timeout_s": 120.0,
+        "storage": f"sqlite:///{tmp_path / 'study.db'}",
+        "study_name": STUDY,
+        "report_dir": tmp_path / "report",
+        "trial_timeout_s": 10.0,
+        "memory_cap_mb": 300.0,
+        **changes,
+    }
+    return RunOptions(**values)
+
+
+@pytest.mark.parametrize("prune", [True, False])
+def test_slow_search_trial_is_pruned_and_references_never(tmp_path, host, space_from_toml, prune):
+    space = space_from_toml(SLOWDOWN_SPACE)
+    assert run_study(options(tmp_path, prune=prune), host, space, {}) == 0
+    study = optuna.load_study(study_name=STUDY, storage=options(tmp_path).storage)
+    study.enqueue_trial({"slowdown": 20.0})
+    study.enqueue_trial({"slowdown": 1.0})
+
+    assert run_study(options(tmp_path, prune=prune), host, space, {}) == 0
+
+    trials = sorted(study.get_trials(), key=lambda t: t.number)
+    baseline, vendor, slow, fast = trials
+    for reference in (baseline, vendor):
+        assert reference.state == COMPLETE
+        assert len(reference.user_attrs["step_seconds"]) == 8
+    assert vendor.value < 0.5 * baseline.value  # slow enough to be pruned, had it been a search
+    assert slow.params == {"slowdown": 20.0}
+    assert fast.state == COMPLETE
+    if prune:
+        assert slow.state == PRUNED
+        assert slow.user_attrs["outcome"] == "pruned"
+        assert slow.user_attrs["reason"] == "pruned after 2 timed steps"
+        assert len(slow.user_attrs["step_seconds"]) == 2
+        assert slow.user_attrs["time_saved_s"] > 0
+        assert len(slow.intermediate_values) == 2
+    else:
+        assert slow.state == COMPLETE
+        assert len(slow.user_attrs["step_seconds"]) == 8
+        assert slow.intermediate_values == {}
