@@ -72,6 +72,8 @@ def _parser() -> argparse.ArgumentParser:
 
     host = sub.add_parser("host", help="describe this host")
     host.add_argument("--json", action="store_true", help="print JSON")
+    host.add_argument("--calibrate", action="store_true",
+                      help="measure the float32 GEMM peak (stored per host fingerprint)")
     host.set_defaults(handler=_host)
     return parser
 
@@ -84,6 +86,9 @@ def _workload_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", type=Path, help="BraTS folder (default: synthetic data in the cache)")
     parser.add_argument("--trial-timeout", type=_positive_float, default=600.0,
                         help="seconds one trial may take, start-up included (default 600)")
+    parser.add_argument("--trial-seconds", type=float, metavar="SECONDS",
+                        help="calibrate each trial's timed steps to last about this long "
+                             "(shorthand for --set trial_seconds=...)")
     parser.add_argument("--memory-cap", type=_positive_float,
                         help="MiB of resident memory one trial may use (default 75%% of the host)")
 
@@ -140,6 +145,8 @@ def _setup(args: argparse.Namespace, *, software: bool) -> tuple[Any, Any, dict[
     sets = list(args.sets)
     if getattr(args, "mode", None):
         sets.append(f"mode={args.mode}")
+    if args.trial_seconds is not None:
+        sets.append(f"trial_seconds={args.trial_seconds}")
     return host, space, space.parse_assignments(sets)
 
 
@@ -169,14 +176,19 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _host(args: argparse.Namespace) -> int:
-    from autotune.host import probe_host
+    from dataclasses import asdict
+
+    from autotune.calibrate import calibrate, load_calibration
     from autotune.console import print_host
+    from autotune.host import probe_host
 
     host = probe_host()
+    calibration = calibrate(host) if args.calibrate else load_calibration(host)
     if args.json:
-        print(json.dumps({**host.to_dict(), "fingerprint": host.fingerprint}, sort_keys=True))
+        print(json.dumps({**host.to_dict(), "fingerprint": host.fingerprint,
+                          "gemm": asdict(calibration) if calibration else None}, sort_keys=True))
     else:
-        print_host(host)
+        print_host(host, calibration)
     return 0
 
 

@@ -8,6 +8,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from autotune.calibrate import Calibration
 from autotune.host import HostInfo
 
 console = Console(stderr=False, highlight=False)
@@ -43,8 +44,8 @@ def print_bench(record: Mapping[str, Any]) -> None:
     console.print(table)
 
 
-def print_host(host: HostInfo) -> None:
-    """Print the host probe."""
+def print_host(host: HostInfo, calibration: Calibration | None = None) -> None:
+    """Print the host probe, with the GEMM peak when it was calibrated."""
     table = Table(title=f"host {host.fingerprint}", show_header=False)
     table.add_column("what", style="bold")
     table.add_column("value")
@@ -58,4 +59,9 @@ def print_host(host: HostInfo) -> None:
     table.add_row("allocators", ", ".join(f"{k} ({v})" for k, v in host.allocators.items()) or "system only")
     for name, version in host.software.items():
         table.add_row(name, version)
+    if calibration is None:
+        table.add_row("float32 GEMM peak", "not calibrated (autotune host --calibrate)")
+    else:
+        table.add_row("float32 GEMM peak", f"{calibration.peak_gflops_per_s:.0f} GFLOP/s (median "
+                      f"{calibration.median_gflops_per_s:.0f}, {calibration.size}^2, {calibration.measured_at})")
     console.print(table)

@@ -69,7 +69,9 @@ def _cpus(config: Mapping[str, Any], host: HostInfo) -> tuple[int, ...] | None:
         if affinity == "cores":
             return tuple(cpus_for_cores(host, int(config.get("pin_cores", 1))))
         if affinity == "socket":
-            return tuple(socket_cpus(host, 0))
+            # The first socket with CPUs this process may use: under a cpuset it need not be 0.
+            sockets = [host.core_of_cpu[c][0] for c in host.usable_cpus if c in host.core_of_cpu]
+            return tuple(socket_cpus(host, min(sockets, default=0)))
     except ValueError as exc:
         raise UserError(f"affinity: {exc}") from None
     return None

@@ -157,8 +157,21 @@ def _sampler(options: RunOptions, space: SearchSpace, pins: Mapping[str, Any]) -
                 grid[name] = list(range(int(knob.low), int(knob.high) + 1))
             else:
                 raise UserError(f"--sampler grid cannot enumerate the float knob {name!r}; pin it with --set")
-        return optuna.samplers.GridSampler(grid, seed=options.seed)
+        return _GridSampler(grid, seed=options.seed)
     return optuna.samplers.TPESampler(seed=options.seed, multivariate=True, group=True)
+
+
+class _GridSampler(optuna.samplers.GridSampler):
+    """Optuna's grid sampler without its ``study.stop()`` after the last grid point.
+
+    That call only works inside ``Study.optimize`` and raises under ask/tell; the loop asks
+    :meth:`is_exhausted` before each trial instead.
+    """
+
+    def after_trial(
+        self, study: optuna.Study, trial: optuna.trial.FrozenTrial, state: Any, values: Any
+    ) -> None:
+        return None
 
 
 def _check_host(study: optuna.Study, host: HostInfo, allow_mixed: bool) -> None:
@@ -265,6 +278,9 @@ class _Loop:
             task = progress.add_task("trials", total=self.options.trials, status="")
             done = 0
             while done < self.options.trials and time.monotonic() < deadline:
+                if self._grid_exhausted():
+                    progress.console.print("every grid point was measured: stopping the search")
+                    break
                 remaining = deadline - time.monotonic()
                 trial = self.study.ask()
                 role = trial.user_attrs.get("role", "search")
@@ -295,6 +311,15 @@ class _Loop:
                 progress.advance(task)
         self.stats["elapsed_s"] = time.monotonic() - start
         return False
+
+    def _grid_exhausted(self) -> bool:
+        """Whether a grid search has visited every point and no enqueued trial waits."""
+        sampler = self.study.sampler
+        if not isinstance(sampler, optuna.samplers.GridSampler):
+            return False
+        if not sampler.is_exhausted(self.study):
+            return False
+        return not self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))
 
     def _measure(self, trial: optuna.Trial, role: str, config: dict[str, Any], progress: Progress, task: Any) -> None:
         trial.set_user_attr("role", role)

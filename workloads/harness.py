@@ -10,6 +10,7 @@ it reads the JSON config, reports every step and the final result on stdout, and
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import resource
 import sys
@@ -22,6 +23,8 @@ from autotune.measure import summarize
 from autotune.protocol import ProtocolError, TrialConfig, TrialResult, encode_message
 
 EXIT_BAD_INPUT = 2
+# Fewest timed steps a calibrated trial runs: a median of fewer says nothing about spread.
+MIN_CALIBRATED_STEPS = 3
 PROCESS_START = time.perf_counter()
 
 
@@ -42,15 +45,26 @@ class Reporter:
         self._stream.flush()
 
     def time_steps(
-        self, step: Callable[[int], None], warmup: int, steps: int, *, voxels_per_step: int
+        self,
+        step: Callable[[int], None],
+        warmup: int,
+        steps: int,
+        *,
+        voxels_per_step: int,
+        trial_seconds: float = 0.0,
     ) -> tuple[list[float], list[float]]:
-        """Run ``warmup`` untimed then ``steps`` timed calls of ``step``, reporting each.
+        """Run ``warmup`` untimed then the timed calls of ``step``, reporting each.
+
+        With ``trial_seconds`` > 0 the number of timed steps is calibrated as benchmark harnesses
+        calibrate their rounds: enough steps to fill about ``trial_seconds`` at the speed of the last
+        warm-up step (or the first timed one), at least :data:`MIN_CALIBRATED_STEPS`, at most ``steps``.
 
         Args:
             step: Runs one complete step (including waiting for its result) given its index.
             warmup: Number of warm-up steps, not counted in the figure.
-            steps: Number of timed steps.
+            steps: Number of timed steps (the maximum when calibrating).
             voxels_per_step: Work per step, sent ahead so the driver can judge running throughput.
+            trial_seconds: Target duration of the timed steps; 0 runs exactly ``steps``.
 
         Returns:
             Warm-up times and timed step times, in seconds.
@@ -58,16 +72,24 @@ class Reporter:
         self.setup_seconds = time.perf_counter() - PROCESS_START
         self.emit("setup", seconds=self.setup_seconds, voxels_per_step=voxels_per_step,
                   warmup=warmup, steps=steps)
-        times: dict[bool, list[float]] = {True: [], False: []}
-        for index in range(warmup + steps):
-            is_warmup = index < warmup
-            start = time.perf_counter()
-            step(index)
-            elapsed = time.perf_counter() - start
-            times[is_warmup].append(elapsed)
-            self.emit("step", index=index - (0 if is_warmup else warmup), seconds=elapsed,
-                      warmup=is_warmup)
-        return times[True], times[False]
+        warmups = [self._timed(step, index, index, True) for index in range(warmup)]
+        timed: list[float] = []
+        planned = steps
+        while len(timed) < planned:
+            timed.append(self._timed(step, warmup + len(timed), len(timed), False))
+            if trial_seconds > 0 and len(timed) == 1:
+                estimate = warmups[-1] if warmups else timed[0]
+                wanted = math.ceil(trial_seconds / max(estimate, 1e-9))
+                planned = max(min(MIN_CALIBRATED_STEPS, steps), min(steps, wanted))
+                self.emit("plan", steps=planned)
+        return warmups, timed
+
+    def _timed(self, step: Callable[[int], None], index: int, reported: int, warmup: bool) -> float:
+        start = time.perf_counter()
+        step(index)
+        elapsed = time.perf_counter() - start
+        self.emit("step", index=reported, seconds=elapsed, warmup=warmup)
+        return elapsed
 
 
 def peak_rss_mb() -> float:

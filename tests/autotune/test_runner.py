@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
 import statistics
@@ -119,6 +120,23 @@ def test_no_cpus_leaves_affinity_alone():
 
     assert outcome.outcome is Outcome.OK, outcome.reason
     assert outcome.result.effective["cpu_affinity"] == sorted(os.sched_getaffinity(0))
+
+
+def test_socket_affinity_pins_to_a_socket_this_process_may_use(fake_space, host):
+    cpu = min(host.usable_cpus)
+    # A cpuset that holds only a CPU of socket 1: socket 0 has nothing usable.
+    confined = dataclasses.replace(
+        host, sockets=2, core_of_cpu={cpu: (1, 0), cpu + 1000: (0, 0)}, usable_cpus=(cpu,)
+    )
+    config = fake_space.reference("vendor_recommended", {"step_seconds": 0.001})
+    assert config["affinity"] == "socket"
+
+    spec = trial_spec(fake_space, config, confined, timeout_s=TIMEOUT_S)
+    outcome = TrialRunner().run(spec)
+
+    assert spec.cpus == (cpu,)
+    assert outcome.outcome is Outcome.OK, outcome.reason
+    assert outcome.result.effective["cpu_affinity"] == [cpu]
 
 
 @pytest.mark.parametrize(

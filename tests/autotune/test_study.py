@@ -19,6 +19,9 @@ from autotune.record import FIGURES
 from autotune.runner import TrialRunner
 from autotune.study import RunOptions, redact, run_study
 
+# The TPE sampler's ``group`` option is experimental in Optuna; that is not under test.
+pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+
 STUDY = "fake-test"
 # Short steps keep a fake trial near its start-up time; the 8x baseline stays clearly slower.
 PINS = {"step_seconds": 0.003}
@@ -323,6 +326,18 @@ def test_repeated_configs_are_answered_from_storage(tmp_path, host, fake_space, 
         assert repeat.state == earlier.state == optuna.trial.TrialState.COMPLETE
         assert repeat.value == earlier.value
     assert f"{len(repeats)} repeats answered from storage" in capsys.readouterr().out
+
+
+def test_grid_search_stops_when_every_point_is_measured(tmp_path, host, fake_space):
+    status = run_study(options(tmp_path, trials=30, sampler="grid"), host, fake_space, TINY_PINS)
+
+    assert status == 0
+    trials = trials_of(tmp_path)
+    assert all(t.state.is_finished() for t in trials)
+    grid = [t for t in trials if "grid_id" in t.system_attrs]
+    assert len(trials) == len(grid) + 2 < 30  # the references, then each grid point once
+    assert len({t.system_attrs["grid_id"] for t in grid}) == len(grid)
+    assert {t.user_attrs["config"]["batch"] for t in grid} == {1, 2}
 
 
 @pytest.mark.parametrize(

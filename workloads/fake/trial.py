@@ -60,7 +60,7 @@ def run(params: dict[str, Any], reporter: Reporter) -> TrialResult:
     patch = int(params.get("patch", 16))
     warmup_times, step_times = reporter.time_steps(
         step, int(params.get("warmup", 1)), int(params.get("steps", 3)),
-        voxels_per_step=batch * patch**3,
+        voxels_per_step=batch * patch**3, trial_seconds=float(params.get("trial_seconds", 0.0)),
     )
     if fault == "no_result":
         raise SystemExit(0)

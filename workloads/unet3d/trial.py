@@ -33,6 +33,7 @@ DEFAULTS: dict[str, Any] = {
     "inter_threads": 0,
     "warmup": 1,
     "steps": 5,
+    "trial_seconds": 0.0,
     "seed": 0,
     "data_dir": None,
     "n_batches": 2,
@@ -63,6 +64,7 @@ class Settings:
     inter_threads: int
     warmup: int
     steps: int
+    trial_seconds: float
     seed: int
     data_dir: Path | None
     n_batches: int
@@ -117,8 +119,19 @@ def settings_from(params: dict[str, Any]) -> Settings:
         precision=p["precision"],
         xla=bool(p["xla"]),
         data_dir=Path(p["data_dir"]) if p["data_dir"] else None,
+        trial_seconds=_seconds(p["trial_seconds"]),
         **ints,
     )
+
+
+def _seconds(value: Any) -> float:
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        raise BadInput(f"trial_seconds {value!r} is not a number") from None
+    if not 0 <= seconds < math.inf:
+        raise BadInput(f"trial_seconds {value!r} must be 0 (off) or a positive number")
+    return seconds
 
 
 def run(params: dict[str, Any], reporter: Reporter) -> TrialResult:
@@ -159,7 +172,9 @@ def run(params: dict[str, Any], reporter: Reporter) -> TrialResult:
             model.predict_on_batch(inputs[k])
 
     voxels = s.batch * math.prod(s.patch)
-    warmup_times, step_times = reporter.time_steps(step, s.warmup, s.steps, voxels_per_step=voxels)
+    warmup_times, step_times = reporter.time_steps(
+        step, s.warmup, s.steps, voxels_per_step=voxels, trial_seconds=s.trial_seconds
+    )
     flops = s.batch * forward_flops(s.patch, n_labels=s.n_labels, base_filters=s.base_filters, depth=s.depth)
     if s.mode == "train":
         flops *= TRAIN_FLOPS_FACTOR
