@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"autotune: error: {_one_line(exc)}", file=sys.stderr)
-        return EXIT_USAGE
+        return getattr(exc, "exit_status", EXIT_USAGE)
     except KeyboardInterrupt:
         print("autotune: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -59,9 +59,23 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--report-dir", type=Path, help="report folder (default reports/<study>)")
     run.add_argument("--allow-mixed-hosts", action="store_true",
                      help="let this host add trials to a study recorded on a different host")
+    run.add_argument("--confirm-top", type=_positive_int, default=3,
+                     help="search candidates re-measured in the confirmation stage (default 3)")
+    run.add_argument("--confirm-repeats", type=int, default=3,
+                     help="interleaved confirmation rounds; 0 skips the stage (default 3)")
     run.add_argument("--no-prune", dest="prune", action="store_false",
                      help="measure every trial in full (no pruning of clearly slower trials)")
+    run.add_argument("--no-wait", dest="wait", action="store_false",
+                     help="exit with status 75 instead of waiting while another autotune worker "
+                          "measures on this host's cores")
     run.set_defaults(handler=_run)
+
+    dashboard = sub.add_parser("dashboard", help="serve optuna-dashboard on the study storage")
+    dashboard.add_argument("--storage", help="Optuna storage URL (default: sqlite:///autotune.db here)")
+    dashboard.add_argument("--host", default="127.0.0.1",
+                           help="address to listen on (default 127.0.0.1: this machine only)")
+    dashboard.add_argument("--port", type=_port, default=8080, help="port to listen on (default 8080)")
+    dashboard.set_defaults(handler=_dashboard)
 
     bench = sub.add_parser("bench", help="measure one configuration the way a trial does")
     _workload_options(bench)
@@ -70,11 +84,52 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", action="store_true", help="print the record as JSON (last line)")
     bench.set_defaults(handler=_bench)
 
+    verify = sub.add_parser("verify", help="re-measure a study's winner and say whether its speedup still holds")
+    verify.add_argument("--study", required=True, help="study name")
+    verify.add_argument("--storage", help="Optuna storage URL (default: sqlite:///autotune.db here)")
+    verify.add_argument("--workload", default="unet3d", help="workload name (default unet3d)")
+    verify.add_argument("--space", type=Path, help="search-space file (default search_spaces/<workload>.toml)")
+    verify.add_argument("--repeats", type=_positive_int, default=3, help="interleaved rounds (default 3)")
+    verify.add_argument("--data-dir", type=Path, help="BraTS folder (default: synthetic data in the cache)")
+    verify.add_argument("--trial-timeout", type=_positive_float, default=600.0,
+                        help="seconds one trial may take (default 600)")
+    verify.add_argument("--memory-cap", type=_positive_float, help="MiB one trial may use (default 75%% of the host)")
+    verify.add_argument("--allow-mixed-hosts", action="store_true",
+                        help="verify on a host whose fingerprint differs from the study's")
+    verify.set_defaults(handler=_verify)
+
     host = sub.add_parser("host", help="describe this host")
     host.add_argument("--json", action="store_true", help="print JSON")
     host.add_argument("--calibrate", action="store_true",
                       help="measure the float32 GEMM peak (stored per host fingerprint)")
     host.set_defaults(handler=_host)
+
+    export = sub.add_parser("export", help="write a tuned configuration for deployment")
+    export.add_argument("--study", help="study name: reads reports/<study>/best.json")
+    export.add_argument("--format", required=True,
+                        choices=("sh", "dotenv", "json", "docker", "k8s"))
+    export.add_argument("-o", "--output", type=Path, help="file to write (default: stdout)")
+    export.add_argument("--config", dest="role",
+                        choices=("best", "baseline", "vendor", "vendor_recommended"),
+                        help="which configuration (default best)")
+    export.add_argument("--best-json", type=Path, help="the best.json to read (overrides --study)")
+    export.add_argument("--report-dir", type=Path, help="report folder holding best.json")
+    export.add_argument("--storage",
+                        help="accepted as with run; export reads the best.json that run wrote")
+    export.set_defaults(handler=_export)
+
+    launch = sub.add_parser(
+        "exec", help="run a command with a tuned configuration applied",
+        description="Run CMD with the configuration's environment, CPU affinity and allocator "
+        "(LD_PRELOAD) applied. CMD replaces autotune, so its exit status and signals pass "
+        "through. In-process knobs are in the AUTOTUNE_PARAMS variable as JSON.",
+    )
+    launch.add_argument("--config", type=Path, required=True,
+                        help="a best.json, or a record from export --format json")
+    launch.add_argument("--role", choices=("best", "baseline", "vendor", "vendor_recommended"),
+                        help="which configuration (default best)")
+    launch.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]")
+    launch.set_defaults(handler=_exec)
     return parser
 
 
@@ -114,6 +169,16 @@ def _positive_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
     if not value > 0:
         raise argparse.ArgumentTypeError(f"{text} is not a positive number")
+    return value
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{text} is not a port number (0-65535)")
     return value
 
 
@@ -209,5 +274,93 @@ def _run(args: argparse.Namespace) -> int:
         memory_cap_mb=args.memory_cap,
         allow_mixed_hosts=args.allow_mixed_hosts,
         prune=args.prune,
+        confirm_top=args.confirm_top,
+        confirm_repeats=max(0, args.confirm_repeats),
+        wait_for_cores=args.wait,
     )
     return run_study(options, host, space, pins)
+
+
+def _dashboard(args: argparse.Namespace) -> int:
+    from autotune.dashboard import serve
+
+    return serve(args.storage, host=args.host, port=args.port)
+
+
+def _export(args: argparse.Namespace) -> int:
+    from autotune.export import default_best_json, load_record, render, write_file
+
+    if args.best_json is not None:
+        path = args.best_json
+    elif args.study is None and args.report_dir is None:
+        raise UserError("give --study NAME (or --best-json PATH)")
+    else:
+        path = default_best_json(args.study or "", args.report_dir)
+        if not path.exists():
+            raise UserError(f"{path}: not found; run `autotune run` for this study first "
+                            "(it writes best.json), or give --best-json PATH")
+    record = load_record(path, args.role)
+    if args.study is not None and record.study != args.study:
+        raise UserError(f"{path}: holds study {record.study!r}, not {args.study!r}")
+    text = render(record, args.format)
+    if args.output is None or str(args.output) == "-":
+        sys.stdout.write(text)
+    else:
+        write_file(args.output, text)
+        print(f"wrote {args.output}")
+    return 0
+
+
+def _exec(args: argparse.Namespace) -> int:
+    from autotune.export import load_record
+    from autotune.launcher import CommandError, exec_record
+
+    if not args.argv or args.argv[0] != "--":
+        raise UserError("put the command after --: autotune exec --config FILE -- CMD [ARGS...]")
+    if len(args.argv) == 1:
+        raise UserError("no command after --")
+    record = load_record(args.config, args.role)
+    try:
+        exec_record(record, args.argv[1:], where=f"{args.config}: {record.role}")
+    except CommandError as exc:
+        print(f"autotune: error: {_one_line(exc)}", file=sys.stderr)
+        return exc.status
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from autotune.console import console, format_rate
+    from autotune.host import probe_host
+    from autotune.launch import default_memory_cap_mb, trial_spec
+    from autotune.space import HostFacts, load_space
+    from autotune.study import load_existing_study
+    from autotune.verify import verify
+
+    host = probe_host(software=False)
+    space = load_space(_space_path(args), HostFacts.of(host))
+    study = load_existing_study(args.storage, args.study)
+    recorded = study.user_attrs.get("host_fingerprint")
+    if recorded not in (None, host.fingerprint) and not args.allow_mixed_hosts:
+        raise UserError(f"study {args.study!r} was recorded on host {recorded}, this host is {host.fingerprint}; "
+                        "use --allow-mixed-hosts to verify on another host")
+    data_dir, cap = _data_dir(args), args.memory_cap or default_memory_cap_mb(host)
+
+    def make_spec(config):
+        return trial_spec(space, config, host, data_dir=data_dir, timeout_s=args.trial_timeout, memory_cap_mb=cap)
+
+    def on_run(run):
+        figure = f"{format_rate(run.voxels_per_s)} voxels/s" if run.voxels_per_s else run.outcome
+        console.print(f"  round {run.round + 1}: {run.label}: {figure}")
+
+    verdict = verify(study, make_spec, repeats=args.repeats, on_run=on_run)
+    rate = "-" if verdict.rate is None else format_rate(verdict.rate)
+    console.print(f"winner throughput: {rate} voxels/s now, {format_rate(verdict.stored_rate)} stored")
+    if verdict.speedup and verdict.stored_speedup:
+        new, old = verdict.speedup, verdict.stored_speedup
+        console.print(f"speedup over baseline: {new[0]:.2f}x ({new[1]:.2f}-{new[2]:.2f}) now, "
+                      f"{old[0]:.2f}x ({old[1]:.2f}-{old[2]:.2f}) stored")
+    if verdict.holds:
+        console.print("the stored result holds")
+        return 0
+    for reason in verdict.reasons:
+        console.print(f"does not hold: {reason}")
+    return EXIT_TRIAL_FAILED

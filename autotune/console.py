@@ -12,6 +12,8 @@ from autotune.calibrate import Calibration
 from autotune.host import HostInfo
 
 console = Console(stderr=False, highlight=False)
+if not console.is_terminal:
+    console.width = max(console.width, 160)  # logs and CI: no terminal to fold tables into 80 columns
 
 
 def format_rate(voxels_per_s: float | None) -> str:

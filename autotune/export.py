@@ -1,13 +1,13 @@
 """The winning configuration as files a user deploys: shell, dotenv, JSON, Dockerfile, Kubernetes.
 
-:func:`load_record` reads one configuration of a ``best.json`` (or of an exported JSON record) into a
-validated :class:`LaunchRecord`; each format is a small serializer of that one record (as hyperfine's
-``src/export/`` has one module per format), chosen through :data:`FORMATS`. ``autotune exec`` launches
-the same record (:mod:`autotune.launcher`).
+:func:`load_record` reads one configuration of a ``best.json`` (or of an exported JSON record)
+into a validated :class:`LaunchRecord`; each format is a small serializer of that one record (as
+hyperfine's ``src/export/`` has one per format), chosen through :data:`FORMATS`. ``autotune exec``
+launches the same record (:mod:`autotune.launcher`).
 
-Nothing in a record is ever evaluated: variable names must be plain identifiers, every value is quoted
-for the format it lands in, and text that ends up in a comment is kept on one line, so a value such as
-``$(rm -rf /)`` stays inert wherever the file is read.
+Nothing in a record is ever evaluated: variable names must be plain identifiers, every value is
+quoted for the format it lands in, and text that ends up in a comment is kept on one line, so a
+value such as ``$(rm -rf /)`` stays inert wherever the file is read.
 """
 
 from __future__ import annotations
@@ -37,11 +37,11 @@ ROLE_ALIASES = {"vendor": "vendor_recommended", **{role: role for role in ROLES}
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # Dotenv double-quoted escapes as godotenv and docker compose read them; \$ and \` also keep the
-# file inert if a shell sources it.
+# file inert when a shell sources it.
 _DOTENV_ESCAPES = {"\\": "\\\\", '"': '\\"', "$": "\\$", "`": "\\`", "\n": "\\n", "\r": "\\r"}
-# A Dockerfile's double-quoted word: the backslash escapes only these, and $ substitutes.
+# In a Dockerfile's double-quoted word the backslash escapes only these, and $ substitutes.
 _DOCKER_ESCAPES = {"\\": "\\\\", '"': '\\"', "$": "\\$"}
-# Characters JSON leaves raw that a YAML stream may not hold or would fold as line breaks.
+# Characters JSON leaves raw that a YAML stream may not hold, or reads as line breaks (YAML 1.1).
 _YAML_UNSAFE = re.compile("[\x7f-\x9f\u2028\u2029\ufeff]")
 
 Scalar = str | int | float | bool | None
@@ -49,7 +49,7 @@ Scalar = str | int | float | bool | None
 
 @dataclass(frozen=True)
 class LaunchRecord:
-    """One configuration, as exporters write it and ``autotune exec`` launches it.
+    """One configuration, as the exporters write it and ``autotune exec`` launches it.
 
     Attributes:
         study: The study the configuration comes from.
@@ -58,7 +58,7 @@ class LaunchRecord:
         trial: The trial number that measured it, if known.
         env: Environment changes: a value sets the variable, None means it must be unset.
         cpus: Logical CPUs to pin to, ascending, or None for no pinning.
-        params: In-process knobs: the workload applies them itself (they are not variables).
+        params: In-process knobs; the workload applies them itself (they are not variables).
         config: Every knob of the configuration, by name.
         host_fingerprint: Fingerprint of the host it was tuned on.
     """
@@ -75,12 +75,12 @@ class LaunchRecord:
 
     @property
     def launch_prefix(self) -> list[str]:
-        """The command words that pin a command to :attr:`cpus` (``taskset`` from util-linux)."""
+        """The words that pin a command to :attr:`cpus` (``taskset`` from util-linux), or none."""
         return [] if self.cpus is None else ["taskset", "-c", format_cpu_list(self.cpus)]
 
     @property
     def params_json(self) -> str:
-        """The in-process knobs as one line of JSON (the value of ``AUTOTUNE_PARAMS``)."""
+        """The in-process knobs as one line of JSON: the value of ``AUTOTUNE_PARAMS``."""
         return json.dumps(dict(self.params), sort_keys=True)
 
     def workload_arguments(self) -> list[str]:
@@ -100,11 +100,12 @@ def resolve_role(name: str) -> str:
     try:
         return ROLE_ALIASES[name]
     except KeyError:
-        raise UserError(f"unknown configuration {name!r} (choose from {', '.join(ROLE_ALIASES)})") from None
+        choices = ", ".join(ROLE_ALIASES)
+        raise UserError(f"unknown configuration {name!r} (choose from {choices})") from None
 
 
 def default_best_json(study: str, report_dir: Path | None = None) -> Path:
-    """Where ``autotune run`` writes the ``best.json`` of ``study``: ``reports/<study>/best.json``."""
+    """Where ``autotune run`` writes a study's ``best.json``: ``reports/<study>/best.json``."""
     return (report_dir or Path("reports") / study) / "best.json"
 
 
@@ -113,8 +114,8 @@ def load_record(path: Path, role: str | None = None) -> LaunchRecord:
 
     Args:
         path: The file.
-        role: Which configuration of a ``best.json`` (default ``best``); an exported record holds one,
-            and ``role`` must then be None or that one.
+        role: Which configuration of a ``best.json`` (default ``best``). An exported record holds
+            one configuration; ``role`` must then be None or that one.
 
     Raises:
         UserError: The file is missing or unreadable, is neither kind of document, lacks the
@@ -127,7 +128,9 @@ def load_record(path: Path, role: str | None = None) -> LaunchRecord:
     return record_from_best(document, resolve_role(role or "best"), source=str(path))
 
 
-def record_from_best(document: Mapping[str, Any], role: str, *, source: str = "best.json") -> LaunchRecord:
+def record_from_best(
+    document: Mapping[str, Any], role: str, *, source: str = "best.json"
+) -> LaunchRecord:
     """Validate and take the ``role`` configuration of a loaded ``best.json`` document.
 
     Raises:
@@ -136,14 +139,13 @@ def record_from_best(document: Mapping[str, Any], role: str, *, source: str = "b
     entry = document.get(role)
     if entry is None:
         raise UserError(f"{source}: has no {role!r} configuration (no trial of it succeeded)")
-    where = f"{source}: {role}"
     if not isinstance(entry, dict):
-        raise UserError(f"{where}: not an object")
-    return _record(where, document, entry, role)
+        raise UserError(f"{source}: {role}: not an object")
+    return _record(f"{source}: {role}", document, entry, role)
 
 
 def _peek(path: Path) -> Any:
-    # load_best reports every error of a file that is not an export record; only the kind is needed here.
+    # Only the kind matters here: load_best reports the errors of anything not an export record.
     try:
         return json.loads(Path(path).read_text())
     except (OSError, UnicodeDecodeError, ValueError):
@@ -152,7 +154,8 @@ def _peek(path: Path) -> Any:
 
 def _from_export(path: Path, data: dict[str, Any], role: str | None) -> LaunchRecord:
     if data.get("schema") != EXPORT_SCHEMA:
-        raise UserError(f"{path}: schema {data.get('schema')!r}, this autotune reads {EXPORT_SCHEMA}")
+        schema = data.get("schema")
+        raise UserError(f"{path}: schema {schema!r}, this autotune reads {EXPORT_SCHEMA}")
     stored = data.get("role")
     if stored not in ROLES:
         raise UserError(f"{path}: role: {stored!r} is not one of {', '.join(ROLES)}")
@@ -161,7 +164,9 @@ def _from_export(path: Path, data: dict[str, Any], role: str | None) -> LaunchRe
     return _record(f"{path}: {stored}", data, data, stored)
 
 
-def _record(where: str, document: Mapping[str, Any], entry: Mapping[str, Any], role: str) -> LaunchRecord:
+def _record(
+    where: str, document: Mapping[str, Any], entry: Mapping[str, Any], role: str
+) -> LaunchRecord:
     trial = entry.get("trial")
     if trial is not None and (not isinstance(trial, int) or isinstance(trial, bool)):
         raise UserError(f"{where}.trial: {trial!r} is not a trial number")
@@ -169,6 +174,8 @@ def _record(where: str, document: Mapping[str, Any], entry: Mapping[str, Any], r
     if not isinstance(config, dict):
         raise UserError(f"{where}.config: not an object")
     fingerprint = document.get("host_fingerprint")
+    if fingerprint is not None:
+        fingerprint = _text(fingerprint, f"{where}: host_fingerprint")
     return LaunchRecord(
         study=_text(document.get("study"), f"{where}: study"),
         workload=_text(document.get("workload"), f"{where}: workload"),
@@ -178,7 +185,7 @@ def _record(where: str, document: Mapping[str, Any], entry: Mapping[str, Any], r
         cpus=validate_cpus(entry.get("cpus"), f"{where}.cpus"),
         params=validate_params(entry.get("params"), f"{where}.params"),
         config=config,
-        host_fingerprint=None if fingerprint is None else _text(fingerprint, f"{where}: host_fingerprint"),
+        host_fingerprint=fingerprint,
     )
 
 
@@ -192,7 +199,7 @@ def validate_env(env: Any, where: str = "env") -> dict[str, str | None]:
     """Check environment changes: identifier names, string or null values, no NUL characters.
 
     Raises:
-        UserError: The message names the field and the offending name.
+        UserError: The message names the field and the offending variable.
     """
     if not isinstance(env, dict):
         raise UserError(f"{where}: not an object of variable names to values")
@@ -209,7 +216,7 @@ def validate_env(env: Any, where: str = "env") -> dict[str, str | None]:
 
 
 def validate_cpus(cpus: Any, where: str = "cpus") -> tuple[int, ...] | None:
-    """Check a CPU list: null, or a non-empty list of non-negative integers (returned sorted, unique).
+    """Check a CPU list: null, or a non-empty list of non-negative integers (sorted, unique).
 
     Raises:
         UserError: The message names the field.
@@ -225,7 +232,7 @@ def validate_cpus(cpus: Any, where: str = "cpus") -> tuple[int, ...] | None:
 
 
 def validate_params(params: Any, where: str = "params") -> dict[str, Scalar]:
-    """Check in-process knobs: identifier names, scalar values (finite numbers).
+    """Check in-process knobs: identifier names, single values (numbers finite).
 
     Raises:
         UserError: The message names the field.
@@ -248,7 +255,7 @@ def validate_params(params: Any, where: str = "params") -> dict[str, Scalar]:
 
 
 def to_sh(record: LaunchRecord) -> str:
-    """A file to source in ``sh`` or ``bash``: exports, unsets and the ``autotune_launch`` prefix."""
+    """A file to source in ``sh`` or ``bash``: exports, unsets, the ``autotune_launch`` prefix."""
     lines = _header(record, "sh")
     lines.append("# Use:  . ./THIS_FILE  then  autotune_launch python predict.py ...")
     for name, value in sorted(record.env.items()):
@@ -259,7 +266,7 @@ def to_sh(record: LaunchRecord) -> str:
     if record.cpus is None:
         lines.append("# No CPU pinning: autotune_launch runs the command as it is.")
     else:
-        lines.append(f"# CPU affinity: autotune_launch pins the command to CPUs {_cpu_text(record)}.")
+        lines.append(f"# CPU affinity: autotune_launch pins the command to CPUs {_cpus(record)}.")
     lines.append(f"{LAUNCH_VARIABLE}={shlex.quote(prefix)}")
     lines.append(f'autotune_launch() {{ {prefix + " " if prefix else ""}"$@"; }}')
     return "\n".join(lines) + "\n"
@@ -268,10 +275,10 @@ def to_sh(record: LaunchRecord) -> str:
 def to_dotenv(record: LaunchRecord) -> str:
     """A dotenv file: ``KEY="value"`` lines, double-quoted with backslash escapes."""
     lines = _header(record, "dotenv")
-    lines.append("# Values are double-quoted; \\\\ \\\" \\$ \\` \\n \\r are escapes.")
+    lines.append('# Values are double-quoted; \\\\ \\" \\$ \\` \\n \\r are escapes.')
     for name, value in sorted(record.env.items()):
         if value is None:
-            lines.append(f"# {name} must be unset: a dotenv file cannot unset it, so it is left out.")
+            lines.append(f"# {name} must be unset: a dotenv file cannot unset it; left out.")
         else:
             lines.append(f"{name}={_dotenv_quote(value)}")
     lines += _params_comment(record)
@@ -309,15 +316,13 @@ def to_docker(record: LaunchRecord) -> str:
         if value is None:
             lines.append(f"# {name} must be unset: ENV cannot unset it; keep it out of the image.")
         else:
-            lines.append(f"ENV {name}={_docker_quote(value, name)}")
+            lines.append(f"ENV {name}={_docker_quote(value, f'{record.role}.env.{name}')}")
     lines += _preload_comment(record)
     lines += _params_comment(record)
-    lines.append(f"ENV {PARAMS_VARIABLE}={_docker_quote(record.params_json, PARAMS_VARIABLE)}")
-    if record.cpus is not None:
-        lines.append(
-            f"# CPU affinity: run the container on these CPUs: docker run --cpuset-cpus={_cpu_text(record)} ..."
-        )
-    lines += _pinning_comment(record, "ENV cannot pin CPUs")
+    params = _docker_quote(record.params_json, PARAMS_VARIABLE)
+    lines.append(f"ENV {PARAMS_VARIABLE}={params}")
+    why = f"ENV cannot pin CPUs (docker run --cpuset-cpus={_cpus(record)} confines the container)"
+    lines += _pinning_comment(record, why)
     return "\n".join(lines) + "\n"
 
 
@@ -326,15 +331,15 @@ def to_k8s(record: LaunchRecord) -> str:
     lines = _header(record, "k8s")
     for name, value in sorted(record.env.items()):
         if value is None:
-            lines.append(f"# {name} must be unset: left out (a container gets it only from its image).")
+            lines.append(f"# {name} must be unset: left out (only the image can set it).")
     lines += _preload_comment(record)
     lines += _params_comment(record)
     if record.cpus is not None:
         lines += [
-            f"# CPU affinity (CPUs {_cpu_text(record)}) cannot be set through env: give the container",
-            f"# {len(record.cpus)} whole CPUs (integer requests equal to limits, Guaranteed QoS) on a node whose",
-            "# kubelet runs the static CPU manager policy, or start the command under: "
-            + shlex.join([*record.launch_prefix, "CMD"]),
+            f"# CPU affinity (CPUs {_cpus(record)}) cannot be set through env: give the container",
+            f"# {len(record.cpus)} whole CPUs (integer CPU requests equal to limits) where the",
+            "# kubelet uses the static CPU manager policy, or start the command under:",
+            _comment("  " + shlex.join([*record.launch_prefix, "CMD"])),
         ]
     lines.append("env:")
     variables = [(name, value) for name, value in sorted(record.env.items()) if value is not None]
@@ -368,7 +373,9 @@ def render(record: LaunchRecord, fmt: str) -> str:
 
 
 def write_file(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically (a temporary file in the same folder, then a rename).
+    """Write ``text`` to ``path`` atomically: a temporary file in the same folder, then a rename.
+
+    An existing file keeps its permissions; a new one gets the usual ``0666 & ~umask``.
 
     Raises:
         UserError: The file cannot be written.
@@ -395,24 +402,26 @@ def _umask() -> int:
     return mask
 
 
-# ---- pieces shared by the serializers ----
+# ---- pieces the serializers share ----
 
 
 def _header(record: LaunchRecord, fmt: str) -> list[str]:
     trial = "" if record.trial is None else f" (trial {record.trial})"
-    host = record.host_fingerprint or "unknown"
     return [
-        _comment(f"autotune export ({fmt}): the {record.role} configuration{trial} of study {record.study},"),
-        _comment(f"workload {record.workload}, tuned on host {host}."),
+        _comment(f"autotune export ({fmt}): the {record.role} configuration{trial}"),
+        _comment(f"of study {record.study}, workload {record.workload},"),
+        _comment(f"tuned on host {record.host_fingerprint or 'unknown'}."),
     ]
 
 
 def _params_comment(record: LaunchRecord) -> list[str]:
+    sorted_params = sorted(record.params.items())
     lines = [
-        "# In-process knobs are not environment variables: the workload applies them itself. They are in",
-        f"# {PARAMS_VARIABLE} as JSON, and here as arguments for the workload's own command line:",
+        "# In-process knobs are not environment variables: the workload must apply them itself.",
+        f"# They are in {PARAMS_VARIABLE} as JSON:",
     ]
-    lines += [_comment(f"  {name} = {json.dumps(value)}") for name, value in sorted(record.params.items())]
+    lines += [_comment(f"  {name} = {json.dumps(value)}") for name, value in sorted_params]
+    lines.append("# and as arguments, for a workload whose own command line takes them:")
     lines.append(_comment(f"workload arguments: {shlex.join(record.workload_arguments())}"))
     return lines
 
@@ -421,37 +430,43 @@ def _preload_comment(record: LaunchRecord) -> list[str]:
     preload = record.env.get("LD_PRELOAD")
     if not preload:
         return []
-    return [_comment(f"LD_PRELOAD names the allocator library on the tuned host: the image needs {preload}")]
+    return [_comment(f"LD_PRELOAD is the allocator on the tuned host; the image needs {preload}")]
 
 
 def _pinning_comment(record: LaunchRecord, why: str) -> list[str]:
     if record.cpus is None:
         return []
     command = shlex.join([*record.launch_prefix, "CMD"])
-    return [_comment(f"CPU affinity: {why}; start the command as: {command} (taskset is in util-linux)")]
+    return [
+        _comment(f"CPU affinity: {why}; start the command as:"),
+        _comment(f"  {command}    (taskset is in util-linux)"),
+    ]
 
 
-def _cpu_text(record: LaunchRecord) -> str:
+def _cpus(record: LaunchRecord) -> str:
     return format_cpu_list(record.cpus or ())
 
 
 def _comment(text: str) -> str:
     """One comment line: characters that are not printable (line breaks above all) are escaped."""
-    return "# " + "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode() for ch in text)
+    return "# " + "".join(ch if ch.isprintable() else _escaped(ch) for ch in text)
+
+
+def _escaped(ch: str) -> str:
+    return ch.encode("unicode_escape").decode("ascii")
 
 
 def _dotenv_quote(value: str) -> str:
     return '"' + "".join(_DOTENV_ESCAPES.get(ch, ch) for ch in value) + '"'
 
 
-def _docker_quote(value: str, name: str) -> str:
+def _docker_quote(value: str, where: str) -> str:
     if "\n" in value or "\r" in value:
-        raise UserError(f"env.{name}: a Dockerfile ENV value cannot hold a line break (use sh, dotenv or json)")
+        raise UserError(f"{where}: a Dockerfile ENV value cannot hold a line break; use sh")
     return '"' + "".join(_DOCKER_ESCAPES.get(ch, ch) for ch in value) + '"'
 
 
 def _yaml_quote(value: str) -> str:
-    """A YAML double-quoted scalar that is also a JSON string (JSON escapes are YAML escapes)."""
+    """A YAML double-quoted scalar that is also a JSON string (JSON's escapes are YAML escapes)."""
     text = json.dumps(value, ensure_ascii=False)
     return _YAML_UNSAFE.sub(lambda match: f"\\u{ord(match.group()):04x}", text)
-

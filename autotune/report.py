@@ -12,13 +12,15 @@ import os
 import tempfile
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import optuna
 from rich.table import Table
 
+from autotune.calibrate import Calibration
+from autotune.confirm import CONFIRMATION_ATTR, Confirmation, paired_speedup
 from autotune.console import console, format_rate
 from autotune.errors import UserError
 from autotune.host import HostInfo
@@ -57,6 +59,8 @@ class StudySummary:
         counts: Trials by outcome.
         failures: ``(trial number, outcome, reason)`` of failed and pruned trials.
         searched: Names of the knobs the sampler varied.
+        confirmation: The confirmation stage, when one ran.
+        peak_gflops_per_s: The host's measured float32 GEMM peak, when calibrated.
     """
 
     study: str
@@ -67,6 +71,8 @@ class StudySummary:
     counts: Mapping[str, int]
     failures: list[tuple[int, str, str]] = field(default_factory=list)
     searched: list[str] = field(default_factory=list)
+    confirmation: Confirmation | None = None
+    peak_gflops_per_s: float | None = None
 
     @property
     def best(self) -> dict[str, Any] | None:
@@ -74,8 +80,14 @@ class StudySummary:
         return self.configs.get("best")
 
 
-def summarize_study(study: optuna.Study, space: SearchSpace, host: HostInfo) -> StudySummary:
-    """Summarize a stored study."""
+def summarize_study(
+    study: optuna.Study, space: SearchSpace, host: HostInfo, calibration: Calibration | None = None
+) -> StudySummary:
+    """Summarize a stored study.
+
+    When the study holds a confirmation stage, its winner is the best configuration and the speedups
+    are its paired ratios; otherwise the fastest search trial is, with unpaired bootstrap intervals.
+    """
     trials = study.get_trials(deepcopy=False)
     ok = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE and "repeat_of" not in t.user_attrs]
     configs: dict[str, dict[str, Any] | None] = {}
@@ -87,6 +99,16 @@ def summarize_study(study: optuna.Study, space: SearchSpace, host: HostInfo) -> 
         "vs_baseline": _speedup(configs["best"], configs["baseline"]),
         "vs_vendor": _speedup(configs["best"], configs["vendor_recommended"]),
     }
+    confirmation = _confirmation(study)
+    if confirmation is not None and confirmation.winner is not None:
+        winner = confirmation.candidate(confirmation.winner)
+        by_number = {t.number: t for t in trials}
+        if winner is not None and winner.trial in by_number:
+            configs["best"] = _record(by_number[winner.trial])
+            speedups = {
+                name: None if value is None else Speedup(value["value"], value["low"], value["high"])
+                for name, value in confirmation.speedups.items()
+            }
     counts = Counter(str(t.user_attrs.get("outcome", t.state.name.lower())) for t in trials)
     failures = [
         (t.number, str(t.user_attrs.get("outcome", t.state.name.lower())), str(t.user_attrs.get("reason", "")))
@@ -103,7 +125,20 @@ def summarize_study(study: optuna.Study, space: SearchSpace, host: HostInfo) -> 
         counts=dict(counts),
         failures=failures,
         searched=space.searched(pins),
+        confirmation=confirmation,
+        peak_gflops_per_s=calibration.peak_gflops_per_s if calibration else study.user_attrs.get(
+            "gemm_peak_gflops_per_s"),
     )
+
+
+def _confirmation(study: optuna.Study) -> Confirmation | None:
+    data = study.user_attrs.get(CONFIRMATION_ATTR)
+    if not data:
+        return None
+    try:
+        return Confirmation.from_dict(data)
+    except (KeyError, TypeError):
+        return None
 
 
 def _record(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
@@ -136,6 +171,14 @@ def best_document(summary: StudySummary) -> dict[str, Any]:
             for name, s in summary.speedups.items()
         },
         "trials": dict(summary.counts),
+        "figures": {role: figures(summary, role) for role in ROLES},
+        "gemm_peak_gflops_per_s": summary.peak_gflops_per_s,
+        "confirmation": None if summary.confirmation is None else {
+            "winner": summary.confirmation.winner,
+            "rates": summary.confirmation.rates,
+            "rounds": max((r.round + 1 for r in summary.confirmation.runs), default=0),
+            "runs": [asdict(r) for r in summary.confirmation.runs],
+        },
     }
 
 
@@ -171,25 +214,65 @@ def _atomic_write(path: Path, text: str) -> None:
         raise
 
 
+def figures(summary: StudySummary, role: str) -> dict[str, float] | None:
+    """Throughput, latency, GFLOP/s, share of peak and speedup of one role's configuration.
+
+    Confirmed figures (median over the confirmation rounds, paired speedups) when the study has a
+    confirmation stage that measured the configuration; the search trial's figures otherwise.
+    """
+    record = summary.configs.get(role)
+    if record is None:
+        return None
+    label = confirmation_label(summary, role)
+    confirmation = summary.confirmation
+    rate = record["voxels_per_s"]
+    if confirmation is not None and label in confirmation.rates:
+        rate = confirmation.rates[label]
+    gflops = rate * record["flops_per_step"] / record["voxels_per_step"] / 1e9
+    speedup = None
+    if role != "baseline":
+        if confirmation is not None and label in confirmation.rates:
+            paired = paired_speedup(confirmation.runs, label, "baseline")
+            speedup = paired["value"] if paired else None
+        elif summary.configs.get("baseline"):
+            speedup = rate / summary.configs["baseline"]["voxels_per_s"]
+    return {
+        "voxels_per_s": rate,
+        "latency_per_sample_s": record["voxels_per_step"] / rate / int(record["config"].get("batch", 1)),
+        "gflops_per_s": gflops,
+        "share_of_peak": gflops / summary.peak_gflops_per_s if summary.peak_gflops_per_s else None,
+        "speedup_vs_baseline": speedup,
+    }
+
+
+def confirmation_label(summary: StudySummary, role: str) -> str:
+    """The confirmation stage's label of a role's configuration."""
+    if role == "best" and summary.confirmation is not None and summary.confirmation.winner:
+        return summary.confirmation.winner
+    return role
+
+
 def table_rows(summary: StudySummary) -> list[list[str]]:
     """Rows of the end table: role, trial, knobs that differ from baseline, figures, speedup."""
     baseline = summary.configs.get("baseline")
-    base_rate = baseline["voxels_per_s"] if baseline else None
     rows = []
     for role in ROLES:
         record = summary.configs.get(role)
-        if record is None:
-            rows.append([role, "-", "(no successful trial)", "-", "-", "-", "-"])
+        values = figures(summary, role)
+        if record is None or values is None:
+            rows.append([role, "-", "(no successful trial)", "-", "-", "-", "-", "-"])
             continue
-        speedup = "-" if not base_rate else f"{record['voxels_per_s'] / base_rate:.2f}x"
+        share = values["share_of_peak"]
+        speedup = values["speedup_vs_baseline"]
         rows.append([
             role,
             str(record["trial"]),
             knob_text(record["config"], baseline["config"] if baseline and role != "baseline" else None),
-            format_rate(record["voxels_per_s"]),
-            f"{record['latency_per_sample_s']:.3f} s",
-            f"{record['gflops_per_s']:.1f}",
-            speedup,
+            format_rate(values["voxels_per_s"]),
+            f"{values['latency_per_sample_s']:.3f} s",
+            f"{values['gflops_per_s']:.1f}",
+            "-" if share is None else f"{share:.1%}",
+            "1.00x" if role == "baseline" else "-" if speedup is None else f"{speedup:.2f}x",
         ])
     return rows
 
@@ -200,7 +283,8 @@ def knob_text(config: Mapping[str, Any], relative_to: Mapping[str, Any] | None) 
     return " ".join(f"{k}={config[k]}" for k in keys) or "(same as baseline)"
 
 
-HEADERS = ["config", "trial", "knobs (vs baseline)", "voxels/s", "latency", "GFLOP/s", "speedup"]
+HEADERS = ["config", "trial", "knobs (vs baseline)", "voxels/s", "latency", "GFLOP/s", "of GEMM peak",
+           "speedup"]
 
 
 def print_summary(summary: StudySummary, report_dir: Path, stats: Mapping[str, Any]) -> None:
@@ -213,7 +297,7 @@ def print_summary(summary: StudySummary, report_dir: Path, stats: Mapping[str, A
     console.print(table)
     for name, speedup in summary.speedups.items():
         if speedup is not None:
-            console.print(f"best speedup {name.replace('_', ' ')}: {speedup.text()} (95% bootstrap interval)")
+            console.print(f"best speedup {name.replace('_', ' ')}: {speedup.text()} ({speedup_method(summary)})")
     counts = ", ".join(f"{n} {k}" for k, n in sorted(summary.counts.items()))
     console.print(
         f"this run: {stats.get('run', 0)} trials measured, {stats.get('repeats', 0)} repeats answered from storage, "
@@ -221,6 +305,14 @@ def print_summary(summary: StudySummary, report_dir: Path, stats: Mapping[str, A
         f"{stats.get('elapsed_s', 0.0) / 60:.1f} min; study: {counts}"
     )
     console.print(f"wrote {report_dir / 'best.json'} and {report_dir / 'report.md'}")
+
+
+def speedup_method(summary: StudySummary) -> str:
+    """How the speedups were computed, in words."""
+    if summary.confirmation is not None and summary.confirmation.winner is not None:
+        rounds = max((r.round + 1 for r in summary.confirmation.runs), default=0)
+        return f"median of paired ratios over {rounds} interleaved confirmation rounds, 95% bootstrap interval"
+    return "ratio of the search trials' medians, 95% unpaired bootstrap interval over their step times"
 
 
 def markdown(summary: StudySummary) -> str:
@@ -240,7 +332,7 @@ def markdown(summary: StudySummary) -> str:
     lines.append("")
     for name, speedup in summary.speedups.items():
         if speedup is not None:
-            lines.append(f"- Best speedup {name.replace('_', ' ')}: **{speedup.text()}** (95% bootstrap interval over step times).")
+            lines.append(f"- Best speedup {name.replace('_', ' ')}: **{speedup.text()}** ({speedup_method(summary)}).")
     lines.append(f"- Trials: {', '.join(f'{n} {k}' for k, n in sorted(summary.counts.items()))}.")
     lines.append(f"- Knobs searched: {', '.join(summary.searched)}.")
     if summary.failures:

@@ -36,6 +36,8 @@ from autotune.protocol import (
 
 STDERR_TAIL_CHARS = 2000
 POLL_SECONDS = 0.2
+# Seconds a child may take to exit after its result message before it is stopped.
+EXIT_AFTER_RESULT_SECONDS = 10.0
 # Seconds a child gets between SIGTERM and SIGKILL when it is stopped on purpose.
 TERMINATE_GRACE_SECONDS = 2.0
 
@@ -123,6 +125,7 @@ class _Execution:
         self.bad_output: str | None = None
         self.peak_rss_mb = 0.0
         self.setup: dict[str, Any] = {}
+        self.result_at = 0.0
 
     def run(self) -> TrialOutcome:
         config_path = self.workdir / "config.json"
@@ -179,6 +182,8 @@ class _Execution:
                 # A grandchild may hold stdout open after the child exits: stop waiting for EOF.
                 if eof or time.monotonic() - exited_at > 1.0:
                     return None
+            if self.result is not None and time.monotonic() - self.result_at > EXIT_AFTER_RESULT_SECONDS:
+                return None
             if (stop := self._check_memory(proc)) is not None:
                 return stop
             if time.monotonic() > deadline:
@@ -207,6 +212,7 @@ class _Execution:
         elif kind == "result":
             try:
                 self.result = TrialResult.from_dict({k: v for k, v in message.items() if k != "kind"})
+                self.result_at = time.monotonic()
             except ProtocolError as exc:
                 self.bad_output = str(exc)
         elif kind == "error":
@@ -236,6 +242,11 @@ class _Execution:
             return TrialOutcome(stop[0], reason=stop[1], **common)
         if self.error is not None:
             return TrialOutcome(Outcome.BAD_INPUT, reason=self.error, **common)
+        if self.result is not None and self.bad_output is None:
+            # The result is the trial's final record; a hang or crash at interpreter exit after it
+            # (TensorFlow's shutdown is not always clean) does not undo the measurement.
+            note = "" if returncode == 0 else f"exit status {returncode} after the result"
+            return TrialOutcome(Outcome.OK, reason=note, result=self.result, **common)
         if returncode is not None and returncode < 0:
             return TrialOutcome(_signal_outcome(-returncode), reason=_signal_reason(-returncode), **common)
         if returncode:

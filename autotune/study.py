@@ -10,11 +10,13 @@ nothing measured is lost. At the end it prints the baseline / vendor / best tabl
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
 import socket
 import statistics
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,15 +25,18 @@ import optuna
 import psutil
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from autotune.calibrate import Calibration, calibrate, load_calibration
+from autotune.confirm import CONFIRMATION_ATTR, DEFAULT_REPEATS, DEFAULT_TOP, Run, candidates_of, confirm, estimate_seconds
 from autotune.console import console, format_rate
 from autotune.errors import UserError
 from autotune.host import HostInfo
 from autotune.launch import default_memory_cap_mb, trial_spec
+from autotune.lock import CoreLock, CoresBusy, study_setup_lock
 from autotune.protocol import Outcome
 from autotune.pruning import BestFractionPruner
 from autotune.record import trial_record
 from autotune.report import StudySummary, print_summary, summarize_study, write_outputs
-from autotune.runner import TrialRunner
+from autotune.runner import TrialRunner, TrialSpec
 from autotune.space import REFERENCES, SearchSpace
 
 DEFAULT_STORAGE = "sqlite:///autotune.db"
@@ -57,6 +62,10 @@ class RunOptions:
         memory_cap_mb: Memory cap of one trial; None means a share of the host's memory.
         allow_mixed_hosts: Accept a study recorded on a host with another fingerprint.
         prune: Whether search trials may be pruned.
+        wait_for_cores: Wait while another autotune worker measures on this host; False stops the
+            run instead (:class:`autotune.lock.CoresBusy`).
+        confirm_top: Search candidates re-measured in the confirmation stage.
+        confirm_repeats: Interleaved rounds of the confirmation stage; 0 skips it.
     """
 
     trials: int = 30
@@ -71,6 +80,9 @@ class RunOptions:
     memory_cap_mb: float | None = None
     allow_mixed_hosts: bool = False
     prune: bool = True
+    wait_for_cores: bool = True
+    confirm_top: int = DEFAULT_TOP
+    confirm_repeats: int = DEFAULT_REPEATS
 
 
 def run_study(
@@ -91,20 +103,127 @@ def run_study(
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     mode = pins.get("mode", space.knobs["mode"].default if "mode" in space.knobs else "run")
     name = options.study_name or f"{space.workload}-{mode}-{host.fingerprint[:8]}"
-    study = _open_study(options, name, space, pins)
-    _check_host(study, host, options.allow_mixed_hosts)
-    _check_pins(study, space, pins)
-    _fail_orphans(study)
-    _enqueue_references(study, space, pins)
-    loop = _Loop(options, host, space, pins, study, runner or TrialRunner())
+    cores = CoreLock.for_host(host)
+    if not options.wait_for_cores:
+        _check_cores_free(cores)
+    study = open_shared_study(options, name, host, space, pins)
+    started = time.monotonic()
+    runner = runner or TrialRunner()
+    calibration = _calibration(host, study)
+    loop = _Loop(options, host, space, pins, study, runner, cores)
     interrupted = loop.run()
-    summary = summarize_study(study, space, host)
+    if not interrupted and options.confirm_repeats > 0:
+        interrupted = _confirm(options, host, space, study, runner, cores)
+    elif options.confirm_repeats <= 0 and study.user_attrs.get(CONFIRMATION_ATTR):
+        study.set_user_attr(CONFIRMATION_ATTR, None)  # an older confirmation no longer covers the study
+    loop.stats["elapsed_s"] = time.monotonic() - started
+    summary = summarize_study(study, space, host, calibration)
     report_dir = options.report_dir or Path("reports") / name
     write_outputs(summary, report_dir)
     print_summary(summary, report_dir, loop.stats)
     if interrupted:
         return 130
     return 0 if summary.best is not None else 1
+
+
+def open_shared_study(
+    options: RunOptions, name: str, host: HostInfo, space: SearchSpace, pins: Mapping[str, Any]
+) -> optuna.Study:
+    """Open the study and prepare it for this worker, safely beside other workers.
+
+    Everything here reads, then writes (the host fingerprint and pins recorded once, the references
+    enqueued once), so it runs under the study's set-up lock (:func:`autotune.lock.study_setup_lock`:
+    a PostgreSQL advisory lock shared by every host, a file lock for SQLite). Each run that joins the
+    study samples with ``seed + runs before it``, so workers started with the same command (and a
+    resumed run) do not propose the same configurations in the same order.
+    """
+    url = storage_url(options)
+    with study_setup_lock(url, name, shown_url=redact(url)):
+        study = _open_study(options, name, space, pins)
+        _check_host(study, host, options.allow_mixed_hosts)
+        _check_pins(study, space, pins)
+        _fail_orphans(study)
+        _enqueue_references(study, space, pins)
+        runs = int(study.user_attrs.get("runs", 0))
+        study.set_user_attr("runs", runs + 1)
+    if runs:
+        study.sampler = _sampler(dataclasses.replace(options, seed=options.seed + runs), space, pins)
+    return study
+
+
+def _check_cores_free(cores: CoreLock) -> None:
+    if not cores.try_acquire():
+        raise CoresBusy(f"another autotune worker is measuring on this host's cores ({cores.holder()}); "
+                        "run without --no-wait to take turns with it")
+    cores.release()
+
+
+def _calibration(host: HostInfo, study: optuna.Study) -> Calibration | None:
+    """The host's GEMM peak: stored, or measured now (once per host)."""
+    calibration = load_calibration(host)
+    if calibration is None:
+        console.print("calibrating the float32 GEMM peak of this host (once)...")
+        try:
+            calibration = calibrate(host)
+        except UserError as exc:
+            console.print(f"warning: {exc}; GFLOP/s are shown without a share of peak")
+            return None
+    study.set_user_attr("gemm_peak_gflops_per_s", calibration.peak_gflops_per_s)
+    return calibration
+
+
+def _confirm(
+    options: RunOptions, host: HostInfo, space: SearchSpace, study: optuna.Study, runner: TrialRunner,
+    cores: CoreLock,
+) -> bool:
+    """Run the confirmation stage; return True when it was interrupted."""
+    candidates = candidates_of(study, space, options.confirm_top)
+    if not candidates:
+        return False
+    memory_cap = options.memory_cap_mb or default_memory_cap_mb(host)
+    labels = ", ".join(c.label for c in candidates)
+    console.print(f"confirmation: {options.confirm_repeats} interleaved rounds of {labels}")
+
+    def make_spec(config: Mapping[str, Any]) -> TrialSpec:
+        return trial_spec(space, config, host, data_dir=options.data_dir,
+                          timeout_s=options.trial_timeout_s, memory_cap_mb=memory_cap)
+
+    def on_run(run: Run) -> None:
+        figure = f"{format_rate(run.voxels_per_s)} voxels/s (CV {run.cv:.1%})" if run.voxels_per_s else run.outcome
+        console.print(f"  round {run.round + 1}: {run.label}: {figure}")
+
+    cores.acquire("confirmation stage")
+    try:
+        confirm(study, candidates, make_spec, repeats=options.confirm_repeats, runner=runner, on_run=on_run)
+    except KeyboardInterrupt:
+        return True
+    finally:
+        cores.release()
+    return False
+
+
+def load_existing_study(storage: str | None, name: str) -> optuna.Study:
+    """Open a study that must already exist (for commands that read one).
+
+    Raises:
+        UserError: The storage cannot be opened or has no such study.
+    """
+    url = storage or DEFAULT_STORAGE
+    try:
+        storage_ = optuna.storages.RDBStorage(url, heartbeat_interval=None, skip_table_creation=False)
+        names = [s.study_name for s in storage_.get_all_studies()]
+        if name not in names:
+            shown = ", ".join(names) or "none"
+            raise UserError(f"no study {name!r} in {redact(url)} (studies: {shown})")
+        return optuna.load_study(study_name=name, storage=storage_)
+    except UserError:
+        raise
+    except (ImportError, ValueError, optuna.exceptions.OptunaError) as exc:
+        raise UserError(f"cannot open storage {redact(url)}: {str(exc).splitlines()[0]}") from None
+    except Exception as exc:  # SQLAlchemy's errors: the driver does not import SQLAlchemy itself
+        if type(exc).__module__.startswith("sqlalchemy"):
+            raise UserError(f"cannot open storage {redact(url)}: {str(exc).splitlines()[0]}") from None
+        raise
 
 
 def storage_url(options: RunOptions) -> str:
@@ -225,6 +344,15 @@ def _enqueue_references(study: optuna.Study, space: SearchSpace, pins: Mapping[s
         study.enqueue_trial(params, user_attrs={"role": role})
 
 
+@dataclass
+class _Held:
+    """One hold of the core lock: seconds waited for it, then held from ``start`` to ``end`` (Unix time)."""
+
+    waited_s: float
+    start: float
+    end: float = 0.0
+
+
 class _Loop:
     """The ask -> run -> tell loop with its progress display."""
 
@@ -236,8 +364,10 @@ class _Loop:
         pins: Mapping[str, Any],
         study: optuna.Study,
         runner: TrialRunner,
+        cores: CoreLock | None = None,
     ) -> None:
         self.options = options
+        self.cores = cores or CoreLock.for_host(host)
         self.host = host
         self.space = space
         self.pins = pins
@@ -261,14 +391,24 @@ class _Loop:
                 seen.setdefault(self._key(config), trial)
         return seen
 
+    def _refresh_seen(self) -> None:
+        for key, trial in self._measured().items():
+            self.seen.setdefault(key, trial)
+
     def _key(self, config: Mapping[str, Any]) -> tuple:
         try:
             return self.space.fingerprint_config(self.space.configure(config))
         except UserError:
             return (("unreadable", repr(sorted(config.items()))),)
 
+    def _reserve(self) -> float:
+        """Seconds of the budget kept for the confirmation stage, from the candidates' trial times."""
+        if self.options.confirm_repeats <= 0:
+            return 0.0
+        return estimate_seconds(self.study, self.space, self.options.confirm_top, self.options.confirm_repeats)
+
     def run(self) -> bool:
-        """Run trials until the budget ends; return True when interrupted."""
+        """Run trials until the budget ends (the confirmation stage's share kept back); True when interrupted."""
         start = time.monotonic()
         deadline = start + self.options.timeout_s
         repeats_in_a_row = 0
@@ -277,11 +417,11 @@ class _Loop:
         with Progress(*columns, console=console, transient=False) as progress:
             task = progress.add_task("trials", total=self.options.trials, status="")
             done = 0
-            while done < self.options.trials and time.monotonic() < deadline:
+            while done < self.options.trials and time.monotonic() < deadline - self._reserve():
                 if self._grid_exhausted():
                     progress.console.print("every grid point was measured: stopping the search")
                     break
-                remaining = deadline - time.monotonic()
+                remaining = deadline - self._reserve() - time.monotonic()
                 trial = self.study.ask()
                 role = trial.user_attrs.get("role", "search")
                 config = self.space.suggest(trial, self.pins)
@@ -289,6 +429,8 @@ class _Loop:
                     config = self.space.reference(role, self.pins)
                 status = f"best {self._best_text()} | left {remaining / 60:.1f} min"
                 progress.update(task, description=f"trial {trial.number} ({role})", status=status)
+                if role == "search":
+                    self._refresh_seen()  # other workers' trials too
                 earlier = self.seen.get(self._key(config)) if role == "search" else None
                 if earlier is not None:
                     self._answer_repeat(trial, earlier)
@@ -324,6 +466,7 @@ class _Loop:
     def _measure(self, trial: optuna.Trial, role: str, config: dict[str, Any], progress: Progress, task: Any) -> None:
         trial.set_user_attr("role", role)
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        trial.set_user_attr("host", socket.gethostname())
         trial.set_user_attr("config", config)
         spec = trial_spec(self.space, config, self.host, data_dir=self.options.data_dir,
                           timeout_s=self.options.trial_timeout_s, memory_cap_mb=self.memory_cap)
@@ -337,8 +480,11 @@ class _Loop:
             trial.report(voxels / median, len(steps) - 1)
             return trial.should_prune()
 
-        outcome = self.runner.run(spec, on_step=on_step)
+        with self._cores(trial, progress, task) as held:
+            outcome = self.runner.run(spec, on_step=on_step)
         record = trial_record(config, spec, outcome, self.host)
+        record["cores_wait_s"] = round(held.waited_s, 3)
+        record["cores_held"] = [round(held.start, 3), round(held.end, 3)]
         if outcome.outcome is Outcome.PRUNED and outcome.step_seconds:
             planned = int(config.get("steps", len(outcome.step_seconds)))
             saved = max(0, planned - len(outcome.step_seconds)) * statistics.median(outcome.step_seconds)
@@ -364,8 +510,34 @@ class _Loop:
         self.seen.setdefault(self._key(config), finished)
         progress.console.print(line)
 
+    @contextlib.contextmanager
+    def _cores(self, trial: optuna.Trial, progress: Progress, task: Any) -> Iterator[_Held]:
+        """Hold this host's core lock while the trial measures; yield the wait and the held span."""
+        note = f"trial {trial.number} of study {self.study.study_name}"
+        waited = 0.0
+        if not self.cores.try_acquire(note):
+            holder = self.cores.holder()
+            if not self.options.wait_for_cores:
+                trial.set_user_attr("outcome", Outcome.INTERRUPTED.value)
+                trial.set_user_attr("reason", f"not measured: another autotune worker was measuring ({holder})")
+                self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                raise CoresBusy(f"another autotune worker is measuring on this host's cores ({holder}); "
+                                "run without --no-wait to take turns with it")
+            message = f"waiting for cores: another autotune worker is measuring ({holder})"
+            progress.update(task, status=message)
+            progress.console.print(f"trial {trial.number}: {message}")
+            waited = self.cores.acquire(note)
+        held = _Held(waited_s=waited, start=time.time())
+        try:
+            yield held
+        finally:
+            held.end = time.time()
+            self.cores.release()
+
     def _answer_repeat(self, trial: optuna.Trial, earlier: optuna.trial.FrozenTrial) -> None:
         trial.set_user_attr("role", "search")
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        trial.set_user_attr("host", socket.gethostname())
         trial.set_user_attr("repeat_of", earlier.number)
         trial.set_user_attr("config", earlier.user_attrs.get("config"))
         trial.set_user_attr("outcome", "repeat")

@@ -52,6 +52,7 @@ class Reporter:
         *,
         voxels_per_step: int,
         trial_seconds: float = 0.0,
+        before_timed: Callable[[], None] | None = None,
     ) -> tuple[list[float], list[float]]:
         """Run ``warmup`` untimed then the timed calls of ``step``, reporting each.
 
@@ -65,6 +66,8 @@ class Reporter:
             steps: Number of timed steps (the maximum when calibrating).
             voxels_per_step: Work per step, sent ahead so the driver can judge running throughput.
             trial_seconds: Target duration of the timed steps; 0 runs exactly ``steps``.
+            before_timed: Called once after the warm-up, before the first timed step's clock
+                starts (a profiler starts there).
 
         Returns:
             Warm-up times and timed step times, in seconds.
@@ -73,6 +76,8 @@ class Reporter:
         self.emit("setup", seconds=self.setup_seconds, voxels_per_step=voxels_per_step,
                   warmup=warmup, steps=steps)
         warmups = [self._timed(step, index, index, True) for index in range(warmup)]
+        if before_timed is not None:
+            before_timed()
         timed: list[float] = []
         planned = steps
         while len(timed) < planned:

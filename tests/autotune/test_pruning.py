@@ -167,6 +167,7 @@ def options(tmp_path: Path, **changes) -> RunOptions:
         "study_name": STUDY,
         "report_dir": tmp_path / "report",
         "trial_timeout_s": 10.0,
+        "confirm_repeats": 0,
         "memory_cap_mb": 300.0,
         **changes,
     }

@@ -109,7 +109,7 @@ def stored(tmp_path_factory, host):
     space = load_space(folder / "space.toml", HostFacts.of(host))
     options = RunOptions(
         trials=2, storage=f"sqlite:///{folder / 'study.db'}", study_name=STUDY,
-        report_dir=folder / "run-report", trial_timeout_s=10.0, memory_cap_mb=300.0,
+        report_dir=folder / "run-report", trial_timeout_s=10.0, memory_cap_mb=300.0, confirm_repeats=0,
     )
     assert run_study(options, host, space, {}) == 0
     study = optuna.load_study(study_name=STUDY, storage=options.storage)

@@ -135,9 +135,16 @@ def _seconds(value: Any) -> float:
 
 
 def run(params: dict[str, Any], reporter: Reporter) -> TrialResult:
-    """Run one trial of the 3D U-Net with ``params`` and return its result record."""
+    """Run one trial of the 3D U-Net with ``params`` and return its result record.
+
+    ``params["profile_dir"]``, when the driver sends it, is not a knob: the timed steps then run under
+    the TensorFlow profiler and their op-time breakdown is written into that folder before the result
+    (``workloads.unet3d.profile``).
+    """
     from workloads.unet3d.data import DataError, make_batches
 
+    params = dict(params)
+    profile_dir = params.pop("profile_dir", None)
     s = settings_from(params)
     tf, keras = _import_framework(s)
     from workloads.unet3d.loss import weighted_dice_coefficient_loss
@@ -172,9 +179,17 @@ def run(params: dict[str, Any], reporter: Reporter) -> TrialResult:
             model.predict_on_batch(inputs[k])
 
     voxels = s.batch * math.prod(s.patch)
+    profiler = None
+    if profile_dir:
+        from workloads.unet3d.profile import StepProfile
+
+        profiler = StepProfile(profile_dir)
     warmup_times, step_times = reporter.time_steps(
-        step, s.warmup, s.steps, voxels_per_step=voxels, trial_seconds=s.trial_seconds
+        step, s.warmup, s.steps, voxels_per_step=voxels, trial_seconds=s.trial_seconds,
+        before_timed=profiler.start if profiler else None,
     )
+    if profiler:
+        profiler.finish(step_times)
     flops = s.batch * forward_flops(s.patch, n_labels=s.n_labels, base_filters=s.base_filters, depth=s.depth)
     if s.mode == "train":
         flops *= TRAIN_FLOPS_FACTOR

