@@ -84,6 +84,14 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", action="store_true", help="print the record as JSON (last line)")
     bench.set_defaults(handler=_bench)
 
+    report = sub.add_parser("report", help="write report.md, report.html and best.json of a study")
+    report.add_argument("--study", required=True, help="study name")
+    report.add_argument("--storage", help="Optuna storage URL (default: sqlite:///autotune.db here)")
+    report.add_argument("--workload", default="unet3d", help="workload name (default unet3d)")
+    report.add_argument("--space", type=Path, help="search-space file (default search_spaces/<workload>.toml)")
+    report.add_argument("--report-dir", type=Path, help="report folder (default reports/<study>)")
+    report.set_defaults(handler=_report)
+
     verify = sub.add_parser("verify", help="re-measure a study's winner and say whether its speedup still holds")
     verify.add_argument("--study", required=True, help="study name")
     verify.add_argument("--storage", help="Optuna storage URL (default: sqlite:///autotune.db here)")
@@ -130,6 +138,25 @@ def _parser() -> argparse.ArgumentParser:
                         help="which configuration (default best)")
     launch.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]")
     launch.set_defaults(handler=_exec)
+
+    profile = sub.add_parser("profile", help="op-time breakdown of a study's baseline, best or vendor")
+    profile.add_argument("--study", required=True, help="study name")
+    profile.add_argument("--config", dest="which", required=True,
+                         choices=("baseline", "best", "vendor"), help="which configuration to profile")
+    profile.add_argument("--storage", help="Optuna storage URL (default: sqlite:///autotune.db here)")
+    profile.add_argument("--workload", help="workload name (default: the study's)")
+    profile.add_argument("--space", type=Path,
+                         help="search-space file (default search_spaces/<workload>.toml)")
+    profile.add_argument("--steps", type=_positive_int, default=3, help="profiled steps (default 3)")
+    profile.add_argument("--data-dir", type=Path,
+                         help="BraTS folder (default: synthetic data in the cache)")
+    profile.add_argument("--trial-timeout", type=_positive_float, default=600.0,
+                         help="seconds the profiling run may take (default 600)")
+    profile.add_argument("--memory-cap", type=_positive_float,
+                         help="MiB it may use (default 75%% of the host)")
+    profile.add_argument("--report-dir", type=Path,
+                         help="where profile-<config>.json goes (default reports/<study>)")
+    profile.set_defaults(handler=_profile)
     return parser
 
 
@@ -276,6 +303,7 @@ def _run(args: argparse.Namespace) -> int:
         prune=args.prune,
         confirm_top=args.confirm_top,
         confirm_repeats=max(0, args.confirm_repeats),
+        full_report=True,
         wait_for_cores=args.wait,
     )
     return run_study(options, host, space, pins)
@@ -364,3 +392,71 @@ def _verify(args: argparse.Namespace) -> int:
     for reason in verdict.reasons:
         console.print(f"does not hold: {reason}")
     return EXIT_TRIAL_FAILED
+
+
+def _report(args: argparse.Namespace) -> int:
+    from autotune.console import console
+    from autotune.host import HostInfo, probe_host
+    from autotune.report import summarize_study, write_report
+    from autotune.space import HostFacts, load_space
+    from autotune.study import load_existing_study
+
+    study = load_existing_study(args.storage, args.study)
+    stored = study.user_attrs.get("host")
+    try:
+        host = HostInfo.from_dict(stored) if stored else probe_host(software=False)
+    except (KeyError, TypeError, ValueError):
+        raise UserError(f"study {args.study!r} holds an unreadable host record") from None
+    space = load_space(_space_path(args), HostFacts.of(host))
+    report_dir = args.report_dir or Path("reports") / args.study
+    write_report(summarize_study(study, space, host), study, report_dir)
+    console.print(f"wrote {report_dir / 'report.md'}, {report_dir / 'report.html'} and {report_dir / 'best.json'}")
+    return 0
+
+
+def _profile(args: argparse.Namespace) -> int:
+    import contextlib
+
+    from autotune import profile as op_profile
+    from autotune.console import console
+    from autotune.host import probe_host
+    from autotune.launch import default_memory_cap_mb
+    from autotune.lock import CoreLock
+    from autotune.space import HostFacts, load_space
+    from autotune.study import load_existing_study
+
+    study = load_existing_study(args.storage, args.study)
+    args.workload = args.workload or study.user_attrs.get("workload", "unet3d")
+    host = probe_host(software=True)
+    space = load_space(_space_path(args), HostFacts.of(host))
+    stored = op_profile.load_study_config(study, args.which, space, host)
+    report_dir = args.report_dir or Path("reports") / args.study
+    data_dir = _data_dir(args)
+    cores = CoreLock.for_host(host)
+    if not cores.try_acquire(f"profile {args.study}"):
+        console.print(f"waiting for the cores: {cores.holder()} is measuring")
+        cores.acquire(f"profile {args.study}")
+    console.print(f"profiling the {args.which} configuration (trial {stored.trial}), {args.steps} steps")
+    try:
+        breakdown = op_profile.profile_config(
+            space, stored.config, host, data_dir=data_dir, timeout_s=args.trial_timeout,
+            memory_cap_mb=args.memory_cap or default_memory_cap_mb(host), steps=args.steps,
+        )
+    except op_profile.ProfileFailed as exc:
+        print(f"autotune: profile failed: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_TRIAL_FAILED
+    finally:
+        cores.release()
+    path = report_dir / f"profile-{args.which}.json"
+    op_profile.write_profile(path, op_profile.profile_document(stored, breakdown, host))
+    shown = {args.which: breakdown}
+    other = {"baseline": "best", "best": "baseline"}.get(args.which)
+    if other and (report_dir / f"profile-{other}.json").exists():
+        with contextlib.suppress(UserError):  # the other one's earlier profile, side by side
+            shown[other] = op_profile.load_profile(report_dir / f"profile-{other}.json")
+    pair = [shown[k] for k in ("baseline", "best") if k in shown]
+    op_profile.print_breakdowns(dict(sorted(shown.items())))
+    if len(pair) == 2:
+        console.print(op_profile.compare(*pair))
+    console.print(f"wrote {path}")
+    return 0

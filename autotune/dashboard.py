@@ -126,10 +126,15 @@ def _server_class(host: str) -> type[WSGIServer]:
 class _QuietHandler(WSGIRequestHandler):
     """No access log line per request."""
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+    def log_message(self, format: str, *args: Any) -> None:
         return None
 
 
 def _first_line(exc: BaseException) -> str:
+    """The first line of the error, or of its cause where Optuna wrapped a driver's error in a vaguer one."""
+    import optuna
+
+    if isinstance(exc, optuna.exceptions.StorageInternalError) and exc.__cause__ is not None:
+        exc = exc.__cause__
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__

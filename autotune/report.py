@@ -11,7 +11,7 @@ import json
 import os
 import tempfile
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,8 @@ from autotune.console import console, format_rate
 from autotune.errors import UserError
 from autotune.host import HostInfo
 from autotune.measure import bootstrap_ratio_ci
+from autotune.page import Section, to_html, to_markdown
+from autotune.plots import Figures, draw, plotly_js
 from autotune.protocol import SCHEMA_VERSION
 from autotune.record import FIGURES
 from autotune.space import SearchSpace
@@ -171,7 +173,7 @@ def best_document(summary: StudySummary) -> dict[str, Any]:
             for name, s in summary.speedups.items()
         },
         "trials": dict(summary.counts),
-        "figures": {role: figures(summary, role) for role in ROLES},
+        "figures": {role: role_figures(summary, role) for role in ROLES},
         "gemm_peak_gflops_per_s": summary.peak_gflops_per_s,
         "confirmation": None if summary.confirmation is None else {
             "winner": summary.confirmation.winner,
@@ -203,9 +205,16 @@ def write_outputs(summary: StudySummary, report_dir: Path) -> None:
         raise UserError(f"cannot write the report to {report_dir}: {exc.strerror or exc}") from None
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _atomic_write(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "w") as handle:
             handle.write(text)
         os.replace(tmp, path)
@@ -214,7 +223,7 @@ def _atomic_write(path: Path, text: str) -> None:
         raise
 
 
-def figures(summary: StudySummary, role: str) -> dict[str, float] | None:
+def role_figures(summary: StudySummary, role: str) -> dict[str, float] | None:
     """Throughput, latency, GFLOP/s, share of peak and speedup of one role's configuration.
 
     Confirmed figures (median over the confirmation rounds, paired speedups) when the study has a
@@ -258,7 +267,7 @@ def table_rows(summary: StudySummary) -> list[list[str]]:
     rows = []
     for role in ROLES:
         record = summary.configs.get(role)
-        values = figures(summary, role)
+        values = role_figures(summary, role)
         if record is None or values is None:
             rows.append([role, "-", "(no successful trial)", "-", "-", "-", "-", "-"])
             continue
@@ -267,7 +276,8 @@ def table_rows(summary: StudySummary) -> list[list[str]]:
         rows.append([
             role,
             str(record["trial"]),
-            knob_text(record["config"], baseline["config"] if baseline and role != "baseline" else None),
+            knob_text(record["config"], baseline["config"]) if baseline and role != "baseline"
+            else knob_text({k: record["config"][k] for k in summary.searched if k in record["config"]}, None),
             format_rate(values["voxels_per_s"]),
             f"{values['latency_per_sample_s']:.3f} s",
             f"{values['gflops_per_s']:.1f}",
@@ -315,32 +325,110 @@ def speedup_method(summary: StudySummary) -> str:
     return "ratio of the search trials' medians, 95% unpaired bootstrap interval over their step times"
 
 
-def markdown(summary: StudySummary) -> str:
-    """The short Markdown report."""
+def report_sections(
+    summary: StudySummary, figures: Figures | None = None, extra: Sequence[Section] = ()
+) -> list[Section]:
+    """The content of the report, in order; ``extra`` (e.g. the op-time breakdown) goes before failures."""
     host = summary.host
-    lines = [
-        f"# autotune report: {summary.study}",
-        "",
-        f"Workload `{summary.workload}` on {host.cpu_model} ({host.sockets} socket(s), "
-        f"{host.physical_cores} cores, {host.logical_cpus} logical CPUs), host `{host.fingerprint}`; "
-        f"TensorFlow {host.software.get('tensorflow')}, Keras {host.software.get('keras')}.",
-        "",
-        "| " + " | ".join(HEADERS) + " |",
-        "|" + "---|" * len(HEADERS),
+    opening = Section(
+        title="",
+        text=[
+            f"Workload `{summary.workload}` on {host.cpu_model} ({host.sockets} socket(s), "
+            f"{host.physical_cores} cores, {host.logical_cpus} logical CPUs, "
+            f"{host.memory_bytes / 2**30:.0f} GiB), host `{host.fingerprint}`; "
+            f"TensorFlow {host.software.get('tensorflow')}, Keras {host.software.get('keras')}, "
+            f"oneDNN {host.software.get('onednn')}. ISA: "
+            + (" ".join(k for k, v in host.isa.items() if v) or "-")
+            + (f"; float32 GEMM peak {summary.peak_gflops_per_s:.0f} GFLOP/s." if summary.peak_gflops_per_s else "."),
+        ],
+        headers=HEADERS,
+        rows=table_rows(summary),
+    )
+    facts = [
+        f"Best speedup {name.replace('_', ' ')}: **{speedup.text()}** ({speedup_method(summary)})."
+        for name, speedup in summary.speedups.items() if speedup is not None
     ]
-    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in table_rows(summary)]
-    lines.append("")
-    for name, speedup in summary.speedups.items():
-        if speedup is not None:
-            lines.append(f"- Best speedup {name.replace('_', ' ')}: **{speedup.text()}** ({speedup_method(summary)}).")
-    lines.append(f"- Trials: {', '.join(f'{n} {k}' for k, n in sorted(summary.counts.items()))}.")
-    lines.append(f"- Knobs searched: {', '.join(summary.searched)}.")
+    facts.append(f"Trials: {', '.join(f'{n} {k}' for k, n in sorted(summary.counts.items()))}.")
+    facts.append(f"Knobs searched: {', '.join(summary.searched) or 'none'}.")
+    sections = [opening, Section(title="", text=facts, bullets=True)]
+    sections.append(_changes(summary))
+    if figures is not None:
+        sections.append(_importance(figures))
+        shown = [t for t in figures.html if t not in ("Knob importances",)]
+        sections.append(Section(
+            title="Figures",
+            text=[f"{t}: not drawn ({why})." for t, why in figures.skipped.items()],
+            figures=shown,
+            bullets=True,
+        ))
+    sections += list(extra)
     if summary.failures:
-        lines += ["", "## Failed and pruned trials", "", "| trial | outcome | reason |", "|---|---|---|"]
-        # One table row per trial: a reason's own pipes and line breaks would split it.
-        for number, outcome, reason in summary.failures:
-            lines.append(f"| {number} | {outcome} | {' '.join(reason.replace('|', '/').split())} |")
-    return "\n".join(lines) + "\n"
+        sections.append(Section(
+            title="Failed and pruned trials",
+            headers=["trial", "outcome", "reason"],
+            rows=[[str(n), o, r] for n, o, r in summary.failures],
+        ))
+    return sections
+
+
+def _changes(summary: StudySummary) -> Section:
+    best, baseline = summary.best, summary.configs.get("baseline")
+    if best is None or baseline is None:
+        return Section(title="What the winner changed", text=["No successful baseline and best trial to compare."])
+    rows = [[k, str(baseline["config"].get(k)), str(v)] for k, v in best["config"].items()
+            if baseline["config"].get(k) != v]
+    return Section(title="What the winner changed", text=["Knobs whose value differs from the baseline."],
+                   headers=["knob", "baseline", "best"], rows=rows or [["(none)", "", ""]])
+
+
+def _importance(figures: Figures) -> Section:
+    if not figures.importances:
+        why = figures.skipped.get("Knob importances", "not computed")
+        return Section(title="Knob importance", text=[f"Not available: {why}."])
+    return Section(
+        title="Knob importance",
+        text=["Share of the variance of voxels/s explained by each knob (Optuna's fANOVA evaluator, "
+              "over the completed trials; knobs that only exist under a condition are left out)."],
+        headers=["knob", "importance"],
+        rows=[[k, f"{v:.2f}"] for k, v in figures.importances.items()],
+        figures=["Knob importances"],
+    )
+
+
+def markdown(summary: StudySummary, figures: Figures | None = None, extra: Sequence[Section] = ()) -> str:
+    """The Markdown report."""
+    return to_markdown(f"autotune report: {summary.study}", report_sections(summary, figures, extra),
+                       figures.png if figures else {})
+
+
+def write_report(
+    summary: StudySummary, study: optuna.Study, report_dir: Path, extra: Sequence[Section] = ()
+) -> None:
+    """Write the full report: ``best.json``, ``report.md`` with PNG figures, self-contained ``report.html``.
+
+    Raises:
+        UserError: The folder cannot be written.
+    """
+    try:
+        report_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot write the report to {report_dir}: {exc.strerror or exc}") from None
+    speedups = {"baseline": 1.0}
+    for role in ("vendor_recommended", "best"):
+        values = role_figures(summary, role)
+        if values and values["speedup_vs_baseline"]:
+            speedups[role] = values["speedup_vs_baseline"]
+    drawn = draw(study, report_dir, speedups if len(speedups) > 1 else {})
+    sections = report_sections(summary, drawn, extra)
+    speedup_chart = Section(title="Speedup", figures=["Speedup over the baseline"])
+    sections.insert(3, speedup_chart)
+    title = f"autotune report: {summary.study}"
+    try:
+        _atomic_write(report_dir / "best.json", json.dumps(best_document(summary), indent=2, sort_keys=True) + "\n")
+        _atomic_write(report_dir / "report.md", to_markdown(title, sections, drawn.png))
+        _atomic_write(report_dir / "report.html", to_html(title, sections, drawn.html, plotly_js()))
+    except OSError as exc:
+        raise UserError(f"cannot write the report to {report_dir}: {exc.strerror or exc}") from None
 
 
 def load_best(path: Path) -> dict[str, Any]:

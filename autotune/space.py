@@ -273,8 +273,24 @@ class SearchSpace:
         return self.configure(config)
 
     def searched(self, pins: Mapping[str, Any] | None = None) -> list[str]:
-        """Names of the knobs the sampler varies."""
-        return [n for n, k in self.knobs.items() if k.searchable() and n not in (pins or {})]
+        """Names of the knobs the sampler varies.
+
+        A knob whose condition names a fixed knob (pinned or not searched) with a value outside the
+        condition can never be active, so it is not searched either.
+        """
+        pins = pins or {}
+        varied: list[str] = []
+        for name, knob in self.knobs.items():
+            if not knob.searchable() or name in pins:
+                continue
+            fixed = {
+                other: pins.get(other, self.knobs[other].default)
+                for other in knob.when
+                if other not in varied
+            }
+            if all(value in knob.when[other] for other, value in fixed.items()):
+                varied.append(name)
+        return varied
 
     def fingerprint_config(self, config: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
         """A hashable identity of what a config runs: inactive knobs collapse to their default."""

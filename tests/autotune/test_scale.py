@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import fcntl
+import itertools
 import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -105,7 +105,7 @@ def test_two_workers_share_one_study(shared_url: str, tmp_path: Path) -> None:
     # One trial on the cores at a time: the measured spans of the two workers do not overlap.
     spans = held_spans(trials)
     assert {worker for *_, worker in spans} == set(workers)
-    for (_, end, _), (next_start, _, _) in zip(spans, spans[1:], strict=False):
+    for (_, end, _), (next_start, _, _) in itertools.pairwise(spans):
         assert next_start >= end, f"two trials measured at once: {spans}"
     assert any(t.user_attrs.get("cores_wait_s", 0) > 0.05 for t in trials), "no worker ever waited"
     # Two runs joined: the second sampled with another seed.
@@ -135,22 +135,26 @@ def test_bad_password_is_one_line_without_it(postgres_url: str, tmp_path: Path) 
 
 
 SETUP_SCRIPT = """
-import sys, time
+import os, sys, time
+from pathlib import Path
 from autotune.host import probe_host
 from autotune.space import HostFacts, load_space
 from autotune.study import RunOptions, open_shared_study
-url, space_path, start_at = sys.argv[1], sys.argv[2], float(sys.argv[3])
+url, space_path, gate, count = sys.argv[1], sys.argv[2], Path(sys.argv[3]), int(sys.argv[4])
 host = probe_host(software=False)
 space = load_space(space_path, HostFacts.of(host))
-time.sleep(max(0.0, start_at - time.time()))
+(gate / str(os.getpid())).touch()
+while len(list(gate.iterdir())) < count:  # start together
+    time.sleep(0.005)
 open_shared_study(RunOptions(storage=url), "race", host, space, {"step_seconds": 0.003})
 """
 
 
 def test_concurrent_set_up_enqueues_the_references_once(shared_url: str, tmp_path: Path) -> None:
-    start_at = str(time.time() + 4.0)  # after every process has imported and probed
+    gate = tmp_path / "gate"
+    gate.mkdir()
     procs = [
-        subprocess.Popen([sys.executable, "-c", SETUP_SCRIPT, shared_url, str(FAKE_SPACE), start_at],
+        subprocess.Popen([sys.executable, "-c", SETUP_SCRIPT, shared_url, str(FAKE_SPACE), str(gate), "4"],
                          cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for _ in range(4)
     ]
@@ -202,9 +206,13 @@ def test_advisory_lock_is_exclusive_across_connections(postgres_url: str) -> Non
 
 def test_set_up_lock_gives_up_after_its_timeout(tmp_path: Path) -> None:
     url = sqlite_url(tmp_path)
-    with study_setup_lock(url, "busy"), pytest.raises(UserError, match="still setting up study 'busy'"):
-        with study_setup_lock(f"sqlite:///{tmp_path}/../{tmp_path.name}/study.db", "busy", timeout_s=0.2):
-            pass
+    same_file = f"sqlite:///{tmp_path}/../{tmp_path.name}/study.db"
+    with (
+        study_setup_lock(url, "busy"),
+        pytest.raises(UserError, match="still setting up study 'busy'"),
+        study_setup_lock(same_file, "busy", timeout_s=0.2),
+    ):
+        pass
 
 
 HOLDER = """
@@ -271,52 +279,60 @@ def test_no_wait_exits_75_while_another_worker_measures(tmp_path: Path, host) ->
     assert not (tmp_path / "study.db").exists(), "refused before touching the study"
 
 
+def start_waiting_worker(tmp_path: Path) -> subprocess.Popen[str]:
+    """Start a one-trial worker while the cores are taken; return once it waits for them."""
+    proc = subprocess.Popen(worker_command(sqlite_url(tmp_path), tmp_path, trials=1), cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "COLUMNS": "200"})
+    deadline = time.monotonic() + 30
+    while not _is_waiting(sqlite_url(tmp_path)):
+        assert proc.poll() is None and time.monotonic() < deadline, "the worker never reached its trial"
+        time.sleep(0.1)
+    time.sleep(0.5)
+    return proc
+
+
+def _is_waiting(url: str) -> bool:
+    try:
+        trials = trials_of(url)
+    except Exception:  # no study yet
+        return False
+    return any("config" in t.user_attrs and t.state == optuna.trial.TrialState.RUNNING for t in trials)
+
+
 def test_waiting_worker_says_so_and_records_the_wait(tmp_path: Path, host) -> None:
     lock = CoreLock.for_host(host)
     assert lock.try_acquire("the test")
-    release = threading.Timer(3.0, lock.release)
-    release.start()
     try:
-        proc = subprocess.run(worker_command(sqlite_url(tmp_path), tmp_path, trials=1), cwd=tmp_path,
-                              capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "200"})
+        proc = start_waiting_worker(tmp_path)
     finally:
-        release.cancel()
         lock.release()
+    out, err = proc.communicate(timeout=60)
 
-    assert proc.returncode == 0, proc.stderr
-    assert "waiting for cores: another autotune worker is measuring" in proc.stdout
-    (trial,) = trials_of(sqlite_url(tmp_path))
-    assert trial.user_attrs["cores_wait_s"] > 0.5
+    assert proc.returncode == 0, err
+    assert "waiting for cores: another autotune worker is measuring" in out
+    assert "the test" in out
+    trial = trials_of(sqlite_url(tmp_path))[0]
+    assert trial.user_attrs["outcome"] == "ok"
+    assert trial.user_attrs["cores_wait_s"] > 0.4
+    start, end = trial.user_attrs["cores_held"]
+    assert 0 < end - start < 30
 
 
 def test_interrupt_while_waiting_for_cores_fails_the_trial_as_interrupted(tmp_path: Path, host) -> None:
     lock = CoreLock.for_host(host)
     assert lock.try_acquire("the test")
     try:
-        proc = subprocess.Popen(worker_command(sqlite_url(tmp_path), tmp_path, trials=1), cwd=tmp_path,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                env={**os.environ, "COLUMNS": "200"})
-        deadline = time.monotonic() + 30
-        while not _is_waiting(sqlite_url(tmp_path)) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        time.sleep(0.5)
+        proc = start_waiting_worker(tmp_path)
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=30)
     finally:
         lock.release()
 
     assert proc.returncode == 130, out + err
-    (trial,) = trials_of(sqlite_url(tmp_path))
+    trial = trials_of(sqlite_url(tmp_path))[0]
     assert trial.state == optuna.trial.TrialState.FAIL
     assert trial.user_attrs["outcome"] == "interrupted"
-
-
-def _is_waiting(url: str) -> bool:
-    try:
-        trials = trials_of(url)
-    except Exception:
-        return False
-    return any("config" in t.user_attrs and t.state == optuna.trial.TrialState.RUNNING for t in trials)
 
 
 def test_lock_file_is_shared_by_users(tmp_path: Path) -> None:

@@ -3,44 +3,50 @@
 Life cycle: ``trial.run`` creates a :class:`StepProfile` when the driver sent a ``profile_dir``; the
 harness calls :meth:`StepProfile.start` right before the first timed step, and ``trial.run`` calls
 :meth:`StepProfile.finish` after the last one, before the result message. ``finish`` stops the
-profiler (which writes ``<dir>/trace/plugins/profile/<run>/<host>.xplane.pb``), reads that XSpace with
-the protobuf classes that ship inside TensorFlow, and writes ``<dir>/breakdown.json``: self time and
-count per op type and the slowest individual ops, the document ``autotune.profile.Breakdown`` reads.
+profiler (which writes ``<dir>/trace/plugins/profile/<run>/<host>.xplane.pb``), reads that XSpace
+with the protobuf classes that ship inside TensorFlow, and writes ``<dir>/breakdown.json``: self
+time and count per op type and the slowest individual ops, the document that
+``autotune.profile.Breakdown`` reads.
 The child aggregates, so the driver never reads TensorFlow's protobufs; the driver categorises, so
 categories can change without profiling again.
 
-What the trace holds on CPU (TensorFlow 2.21, seen on the host plane ``/host:CPU``), and how it is read:
+What the trace holds on CPU (TensorFlow 2.21, host plane ``/host:CPU``), and how it is read:
 
 * A TensorFlow op is an event named ``<node name>:<op type>`` on the executor thread that ran it
   (``tf_Compute``): its duration is the op's time. oneDNN kernels keep their own type names
   (``_MklNativeFusedConv3D``, ``_MklTranspose``).
-* A function call that completes asynchronously, as the XLA-compiled ``_conv_xla`` function Keras 3
-  uses for every channels_first Conv3D on CPU, is an ``ExecutorState::ProcessAsync::Start`` event whose
-  stats name the node and its kernel (``StatefulPartitionedCall``).
+* A function call that completes asynchronously, as the XLA-compiled ``_conv_xla`` function
+  Keras 3 uses for every channels_first Conv3D on CPU, is an ``ExecutorState::ProcessAsync::Start``
+  event whose stats name the node and its kernel (``StatefulPartitionedCall``). Its completion
+  callback (``...::Done``, same flow id) runs inside that event and goes on with later nodes, so
+  the call ends where its callback begins.
 * The HLO instructions XLA runs inside such a call carry ``hlo_op`` / ``hlo_module`` stats
   (``transpose_copy_fusion``, ``convolution``, ``dot``, ...). XLA's thunk executor runs them
   asynchronously: the event on the calling thread may cover only the launch, and a matching
   ``end: <hlo op>`` event (linked by a flow id, stat ``_p`` -> ``_c``), possibly on an intra-op pool
   thread, marks the completion. An HLO op's interval therefore runs to its end marker.
 
-Nested events are not counted twice: every counted event gets the *self* time of its interval, that
-is, minus the union of the intervals of the events inside it. An HLO op belongs to the call (or TF op)
-that encloses it on its own thread, or else to the enclosing call on another thread that ran the same
-XLA program. So an XLA call's self time is its launch overhead (argument handling, waiting), and its
-HLO ops count as what they are: the transposes Keras 3 adds around channels_first convolutions show
-up as ``xla:transpose_copy_fusion``. Self times from concurrent threads add up, as in TensorFlow's own
-op statistics; ``busy_seconds`` (the union of all op intervals) against ``wall_seconds`` (the timed
-steps) says how much of the step no op covered (executor and Python overhead).
+Nested events are not counted twice: every counted event gets the *self* time of its interval,
+that is, minus the union of the intervals of the events inside it. An HLO op belongs to the call
+(or TF op) that encloses it on its own thread, or else to the enclosing call on another thread that
+ran the same XLA program. So an XLA call's self time is its launch overhead (argument handling,
+waiting), and its HLO ops count as what they are: the transposes XLA adds around the channels_first
+convolutions Keras 3 sends it show up as ``xla:transpose_copy_fusion``. Self times from concurrent
+threads add up, as in TensorFlow's own op statistics; ``busy_seconds`` (the union of all op
+intervals) against ``wall_seconds`` (the timed steps) says how much of the step no op covered
+(executor and Python overhead).
 
 Importing this module does not import TensorFlow.
 """
 
 from __future__ import annotations
 
+import bisect
 import json
 import os
 import re
 import tempfile
+import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -59,6 +65,8 @@ ASYNC_DONE = "ExecutorState::ProcessAsync::Done"
 END_PREFIX = "end: "
 XLA_TYPE_PREFIX = "xla:"
 PS_PER_S = 1e12
+# Wait after the last profiled step before stopping the profiler (see StepProfile.finish).
+SETTLE_SECONDS = 0.5
 _HLO_SUFFIX = re.compile(r"\.\d+$")
 _OP_TYPE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -74,7 +82,8 @@ class OpEvent:
         line: The trace line (thread) it ran on.
         start: Start time.
         end: End time (for ``hlo``, the end marker's when there is one).
-        program: The XLA program (``hlo`` only), to match worker-thread ops to their call.
+        program: The XLA program id (``hlo`` only), to match worker-thread ops to their call.
+        module: The XLA module name (``hlo`` only).
         parent: The event it is nested in, once :func:`assign_parents` ran.
         children: Events nested in it.
     """
@@ -86,6 +95,7 @@ class OpEvent:
     start: int
     end: int
     program: str | None = None
+    module: str | None = None
     parent: OpEvent | None = field(default=None, repr=False)
     children: list[OpEvent] = field(default_factory=list, repr=False)
 
@@ -121,9 +131,12 @@ class StepProfile:
         tf.profiler.experimental.start(str(self.trace_dir))
 
     def finish(self, step_seconds: Sequence[float]) -> dict[str, Any]:
-        """Stop the profiler, aggregate its trace and write ``breakdown.json``; return the document."""
+        """Stop the profiler, aggregate its trace, write ``breakdown.json`` and return it."""
         import tensorflow as tf
 
+        # The executor threads close their outermost trace events a few milliseconds after the
+        # step has returned; events still open when the profiler stops are lost.
+        time.sleep(SETTLE_SECONDS)
         tf.profiler.experimental.stop()
         document = breakdown_document(
             op_events(read_host_plane(self.trace_dir)),
@@ -136,7 +149,7 @@ class StepProfile:
 
 
 def xplane_module() -> Any:
-    """The ``xplane_pb2`` module that ships inside TensorFlow (its location moved between versions)."""
+    """The ``xplane_pb2`` module that ships inside TensorFlow (it moved between versions)."""
     import importlib
 
     for name in (
@@ -157,7 +170,8 @@ def read_host_plane(trace_dir: Path) -> Any:
     Raises:
         RuntimeError: No trace file, or one without a host plane.
     """
-    files = sorted(Path(trace_dir).glob("plugins/profile/*/*.xplane.pb"), key=lambda p: p.stat().st_mtime)
+    files = sorted(Path(trace_dir).glob("plugins/profile/*/*.xplane.pb"),
+                   key=lambda p: p.stat().st_mtime)
     if not files:
         raise RuntimeError(f"the profiler wrote no .xplane.pb trace under {trace_dir}")
     space = xplane_module().XSpace()
@@ -169,7 +183,7 @@ def read_host_plane(trace_dir: Path) -> Any:
 
 
 def op_events(plane: Any) -> list[OpEvent]:
-    """The counted events of an XPlane, with HLO ops extended to their end markers, parents assigned."""
+    """The counted events of an XPlane: HLO ops run to their end markers, parents assigned."""
     stat_names = {key: meta.name for key, meta in plane.stat_metadata.items()}
 
     def stats(meta: Any, event: Any) -> dict[str, Any]:
@@ -186,7 +200,7 @@ def op_events(plane: Any) -> list[OpEvent]:
             out[stat_names.get(stat.metadata_id, "")] = value
         return out
 
-    ends: dict[Any, int] = {}  # flow id -> end of an HLO op's end marker
+    ends: dict[Any, tuple[int, int]] = {}  # flow id -> (line, end) of an HLO op's end marker
     done: dict[Any, int] = {}  # flow id -> start of an asynchronous call's completion callback
     raw: list[tuple[int, str, int, int, dict[str, Any], str]] = []
     for index, line in enumerate(plane.lines):
@@ -199,24 +213,46 @@ def op_events(plane: Any) -> list[OpEvent]:
                 if flow is not None and meta.name == ASYNC_DONE:
                     done[flow] = start
                 elif flow is not None:
-                    ends[flow] = start + event.duration_ps
+                    ends[flow] = (index, start + event.duration_ps)
                 continue
-            raw.append((index, meta.name, start, event.duration_ps, stats(meta, event), meta.display_name))
+            raw.append((index, meta.name, start, event.duration_ps, stats(meta, event),
+                        meta.display_name))
     events: list[OpEvent] = []
+    markers: list[tuple[OpEvent, tuple[int, int]]] = []
     for index, name, start, duration, st, display in raw:
         event = classify_event(name, display, st, line=index, start=start, end=start + duration)
         if event is None:
             continue
         flow = st.get("_p")
-        if event.kind == "hlo":
-            event.end = max(event.end, ends.get(flow, event.end))
+        if event.kind == "hlo" and flow in ends:
+            markers.append((event, ends[flow]))
         elif event.kind == "call" and event.start <= done.get(flow, event.end) < event.end:
             # The completion callback runs inside the Start event and goes on to schedule (and
             # wait on) the next nodes: the call itself ends where its callback begins.
             event.end = done[flow]
         events.append(event)
+    _extend_to_markers(events, markers)
     assign_parents(events)
     return events
+
+
+def _extend_to_markers(events: list[OpEvent], markers: list[tuple[OpEvent, tuple[int, int]]]) -> None:
+    """Run each asynchronous HLO op to its end marker, or to the first op of its program that the
+    marker's thread started before the marker: XLA runs the successors an op's completion makes
+    ready before it records the end marker, so the op itself was done by then."""
+    starts: dict[tuple[int, str | None], list[int]] = defaultdict(list)
+    for event in events:
+        if event.kind == "hlo":
+            starts[(event.line, event.program)].append(event.start)
+    for times in starts.values():
+        times.sort()
+    for event, (line, marker_end) in markers:
+        if marker_end <= event.end:
+            continue
+        times = starts[(line, event.program)]
+        after = bisect.bisect_left(times, event.end)
+        successor = times[after] if after < len(times) else marker_end
+        event.end = max(event.end, min(marker_end, successor))
 
 
 def classify_event(
@@ -225,8 +261,9 @@ def classify_event(
     """The counted event for one trace event, or None for bookkeeping events (executor, threads)."""
     if "hlo_op" in stats:
         hlo = str(stats["hlo_op"]) or name
+        module = str(stats.get("hlo_module", ""))
         return OpEvent("hlo", XLA_TYPE_PREFIX + _HLO_SUFFIX.sub("", hlo), hlo, line, start, end,
-                       program=str(stats.get("program_id", stats.get("hlo_module", ""))))
+                       program=str(stats.get("program_id", module)), module=module)
     if name == ASYNC_START and stats.get("kernel_type"):
         kernel = str(stats["kernel_type"])
         return OpEvent("call", kernel, str(stats.get("name") or kernel), line, start, end)
@@ -278,7 +315,9 @@ def _nest(child: OpEvent, parent: OpEvent) -> None:
 
 def self_ps(event: OpEvent) -> int:
     """The event's interval minus the union of its children's intervals (clipped to it)."""
-    covered = union_length((max(c.start, event.start), min(c.end, event.end)) for c in event.children)
+    covered = union_length(
+        (max(c.start, event.start), min(c.end, event.end)) for c in event.children
+    )
     return max(0, event.end - event.start - covered)
 
 
@@ -301,7 +340,7 @@ def union_length(intervals: Iterable[tuple[int, int]]) -> int:
 def display_name(event: OpEvent) -> str:
     """An individual op's name: HLO ops are named inside the call that ran them."""
     if event.kind == "hlo":
-        owner = event.parent.name if event.parent is not None else f"program {event.program}"
+        owner = event.parent.name if event.parent is not None else event.module or "xla"
         return f"{owner}/{event.name}"
     return event.name
 
@@ -319,8 +358,8 @@ def breakdown_document(
 
     Returns:
         ``{"kind", "schema", "steps", "wall_seconds", "busy_seconds", "by_type": [{"type",
-        "seconds", "count"}], "top_ops": [{"name", "type", "seconds", "count"}]}``, times summed over
-        the steps, slowest first.
+        "seconds", "count"}], "top_ops": [{"name", "type", "seconds", "count"}]}``, times summed
+        over the steps, slowest first.
     """
     by_type: dict[str, list[float]] = defaultdict(lambda: [0, 0])
     by_op: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0, 0])
@@ -330,7 +369,8 @@ def breakdown_document(
             bucket[0] += own
             bucket[1] += 1
     busy = union_length((e.start, e.end) for e in events)
-    types = [{"type": t, "seconds": ps / PS_PER_S, "count": int(n)} for t, (ps, n) in by_type.items()]
+    types = [{"type": t, "seconds": ps / PS_PER_S, "count": int(n)}
+             for t, (ps, n) in by_type.items()]
     ops = [{"name": name, "type": t, "seconds": ps / PS_PER_S, "count": int(n)}
            for (name, t), (ps, n) in by_op.items()]
     return {
