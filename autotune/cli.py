@@ -63,6 +63,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="search candidates re-measured in the confirmation stage (default 3)")
     run.add_argument("--confirm-repeats", type=int, default=3,
                      help="interleaved confirmation rounds; 0 skips the stage (default 3)")
+    run.add_argument("--no-profile", dest="profile", action="store_false",
+                     help="skip the op-time breakdown of the baseline and the best at the end")
     run.add_argument("--no-prune", dest="prune", action="store_false",
                      help="measure every trial in full (no pruning of clearly slower trials)")
     run.add_argument("--no-wait", dest="wait", action="store_false",
@@ -139,6 +141,8 @@ def _parser() -> argparse.ArgumentParser:
     launch.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]")
     launch.set_defaults(handler=_exec)
 
+    from autotune.profile import PROFILE_STEPS
+
     profile = sub.add_parser("profile", help="op-time breakdown of a study's baseline, best or vendor")
     profile.add_argument("--study", required=True, help="study name")
     profile.add_argument("--config", dest="which", required=True,
@@ -147,7 +151,8 @@ def _parser() -> argparse.ArgumentParser:
     profile.add_argument("--workload", help="workload name (default: the study's)")
     profile.add_argument("--space", type=Path,
                          help="search-space file (default search_spaces/<workload>.toml)")
-    profile.add_argument("--steps", type=_positive_int, default=3, help="profiled steps (default 3)")
+    profile.add_argument("--steps", type=_positive_int, default=PROFILE_STEPS,
+                         help=f"timed steps recorded under the profiler (default {PROFILE_STEPS})")
     profile.add_argument("--data-dir", type=Path,
                          help="BraTS folder (default: synthetic data in the cache)")
     profile.add_argument("--trial-timeout", type=_positive_float, default=600.0,
@@ -304,6 +309,7 @@ def _run(args: argparse.Namespace) -> int:
         confirm_top=args.confirm_top,
         confirm_repeats=max(0, args.confirm_repeats),
         full_report=True,
+        profile=args.profile,
         wait_for_cores=args.wait,
     )
     return run_study(options, host, space, pins)

@@ -14,7 +14,7 @@ Two locks, two scopes:
   enqueue it, or both create Optuna's tables at once. On PostgreSQL it is a session advisory lock
   (``pg_try_advisory_lock``) in the study's own database, so it covers workers on every host and is
   released by the server if the worker dies; other storages (SQLite) are shared by one host only,
-  and use an ``flock`` named after the storage.
+  and use one ``flock`` for every study set-up on the host.
 """
 
 from __future__ import annotations
@@ -163,8 +163,7 @@ def study_setup_lock(url: str, study: str, *, shown_url: str | None = None,
         with _advisory_lock(url, study, shown, timeout_s):
             yield
         return
-    name = hashlib.sha256(f"{_storage_identity(url)}\0{study}".encode()).hexdigest()[:16]
-    lock = CoreLock(lock_dir() / f"autotune-study-{name}.lock")
+    lock = CoreLock(lock_dir() / "autotune-study-setup.lock")  # one per host: set-ups take well under 1 s
     deadline = time.monotonic() + timeout_s
     while not lock.try_acquire(f"setting up study {study}"):
         if time.monotonic() > deadline:
@@ -175,15 +174,6 @@ def study_setup_lock(url: str, study: str, *, shown_url: str | None = None,
         yield
     finally:
         lock.release()
-
-
-def _storage_identity(url: str) -> str:
-    """The URL with a relative SQLite path made absolute (the lock is per database file)."""
-    prefix, sep, path = url.partition(":///")
-    if sep and prefix.startswith("sqlite") and path:
-        database, query, params = path.partition("?")
-        return f"{prefix}:///{os.path.abspath(database)}{query}{params}"
-    return url
 
 
 def advisory_key(study: str) -> int:

@@ -395,6 +395,45 @@ def _importance(figures: Figures) -> Section:
     )
 
 
+def breakdown_sections(summary: StudySummary, report_dir: Path) -> list[Section]:
+    """The op-time breakdown of the baseline and the best, from ``profile-*.json`` in ``report_dir``.
+
+    A profile of a trial that is no longer the study's baseline or best is left out and said so.
+    """
+    from autotune.profile import category_rows, compare, load_profile, op_rows
+
+    found = {}
+    notes = []
+    for role in ("baseline", "best"):
+        path = report_dir / f"profile-{role}.json"
+        if not path.exists():
+            notes.append(f"No profile of the {role} (`autotune profile --study {summary.study} --config {role}`).")
+            continue
+        try:
+            trial = json.loads(path.read_text()).get("trial")
+            breakdown = load_profile(path)
+        except (UserError, OSError, ValueError, AttributeError) as exc:
+            notes.append(f"{path.name} is unreadable: {exc}.")
+            continue
+        record = summary.configs.get(role)
+        if record is not None and trial != record.get("trial"):
+            notes.append(f"{path.name} profiled trial {trial}, but the {role} is now trial {record.get('trial')}: "
+                         f"profile it again.")
+            continue
+        found[role] = breakdown
+    if not found:
+        return [Section(title="Op-time breakdown", text=notes)] if notes else []
+    text = [compare(found["baseline"], found["best"])] if len(found) == 2 else []
+    text.append("Time by op type while the configuration ran under the TensorFlow profiler (self time of each op, "
+                "summed over threads; share of all op time).")
+    header, rows = category_rows(found)
+    sections = [Section(title="Op-time breakdown", text=text + notes, headers=header, rows=rows)]
+    for role, breakdown in found.items():
+        sections.append(Section(title=f"Top ops: {role}", headers=["op", "type", "ms/step", "share"],
+                                rows=op_rows(breakdown)))
+    return sections
+
+
 def markdown(summary: StudySummary, figures: Figures | None = None, extra: Sequence[Section] = ()) -> str:
     """The Markdown report."""
     return to_markdown(f"autotune report: {summary.study}", report_sections(summary, figures, extra),
@@ -419,7 +458,7 @@ def write_report(
         if values and values["speedup_vs_baseline"]:
             speedups[role] = values["speedup_vs_baseline"]
     drawn = draw(study, report_dir, speedups if len(speedups) > 1 else {})
-    sections = report_sections(summary, drawn, extra)
+    sections = report_sections(summary, drawn, [*breakdown_sections(summary, report_dir), *extra])
     speedup_chart = Section(title="Speedup", figures=["Speedup over the baseline"])
     sections.insert(3, speedup_chart)
     title = f"autotune report: {summary.study}"

@@ -68,6 +68,7 @@ class RunOptions:
         confirm_repeats: Interleaved rounds of the confirmation stage; 0 skips it.
         full_report: Write the full report (figures, HTML) rather than ``best.json`` and a short
             ``report.md``.
+        profile: Profile the baseline and the best configuration at the end (op-time breakdown).
     """
 
     trials: int = 30
@@ -86,6 +87,7 @@ class RunOptions:
     confirm_top: int = DEFAULT_TOP
     confirm_repeats: int = DEFAULT_REPEATS
     full_report: bool = False
+    profile: bool = False
 
 
 def run_study(
@@ -119,9 +121,11 @@ def run_study(
         interrupted = _confirm(options, host, space, study, runner, cores)
     elif options.confirm_repeats <= 0 and study.user_attrs.get(CONFIRMATION_ATTR):
         study.set_user_attr(CONFIRMATION_ATTR, None)  # an older confirmation no longer covers the study
-    loop.stats["elapsed_s"] = time.monotonic() - started
     summary = summarize_study(study, space, host, calibration)
     report_dir = options.report_dir or Path("reports") / name
+    if options.profile and not interrupted and summary.best is not None:
+        interrupted = _profile_references(options, host, space, study, cores, report_dir)
+    loop.stats["elapsed_s"] = time.monotonic() - started
     if options.full_report:
         write_report(summary, study, report_dir)
     else:
@@ -230,6 +234,42 @@ def load_existing_study(storage: str | None, name: str) -> optuna.Study:
         if type(exc).__module__.startswith("sqlalchemy"):
             raise UserError(f"cannot open storage {redact(url)}: {str(exc).splitlines()[0]}") from None
         raise
+
+
+def _profile_references(
+    options: RunOptions, host: HostInfo, space: SearchSpace, study: optuna.Study, cores: CoreLock, report_dir: Path
+) -> bool:
+    """Profile the baseline and the best into ``report_dir``; return True when interrupted."""
+    from autotune.profile import (
+        ProfileFailed,
+        compare,
+        load_study_config,
+        profile_config,
+        profile_document,
+        write_profile,
+    )
+
+    memory_cap = options.memory_cap_mb or default_memory_cap_mb(host)
+    found = {}
+    cores.acquire("profiling")
+    try:
+        for which in ("baseline", "best"):
+            try:
+                stored = load_study_config(study, which, space, host)
+                console.print(f"profiling the {which} (trial {stored.trial}) for the op-time breakdown")
+                breakdown = profile_config(space, stored.config, host, data_dir=options.data_dir,
+                                           timeout_s=options.trial_timeout_s, memory_cap_mb=memory_cap)
+                write_profile(report_dir / f"profile-{which}.json", profile_document(stored, breakdown, host))
+                found[which] = breakdown
+            except (ProfileFailed, UserError) as exc:
+                console.print(f"warning: no op-time breakdown of the {which}: {exc}")
+        if len(found) == 2:
+            console.print(compare(found["baseline"], found["best"]))
+    except KeyboardInterrupt:
+        return True
+    finally:
+        cores.release()
+    return False
 
 
 def storage_url(options: RunOptions) -> str:
@@ -409,9 +449,12 @@ class _Loop:
 
     def _reserve(self) -> float:
         """Seconds of the budget kept for the confirmation stage, from the candidates' trial times."""
-        if self.options.confirm_repeats <= 0:
-            return 0.0
-        return estimate_seconds(self.study, self.space, self.options.confirm_top, self.options.confirm_repeats)
+        reserve = 0.0
+        if self.options.confirm_repeats > 0:
+            reserve += estimate_seconds(self.study, self.space, self.options.confirm_top, self.options.confirm_repeats)
+        if self.options.profile:
+            reserve += estimate_seconds(self.study, self.space, 1, 1)
+        return reserve
 
     def run(self) -> bool:
         """Run trials until the budget ends (the confirmation stage's share kept back); True when interrupted."""

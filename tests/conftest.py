@@ -35,3 +35,12 @@ def space_from_toml(tmp_path: Path, host: HostInfo):
         return load_space(path, HostFacts.of(host))
 
     return load
+
+
+@pytest.fixture(autouse=True)
+def private_lock_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Core and set-up locks (``autotune.lock``) of this session's tests, apart from real runs on the host."""
+    path = tmp_path_factory.getbasetemp() / "autotune-locks"
+    path.mkdir(exist_ok=True)
+    monkeypatch.setenv("AUTOTUNE_LOCK_DIR", str(path))
+    return path

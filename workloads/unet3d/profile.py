@@ -281,6 +281,7 @@ def assign_parents(events: list[OpEvent]) -> None:
     On its own thread an event is nested in the enclosing TF op or call (found with a stack). An HLO
     op on another thread (an intra-op pool worker) is nested in a call that encloses it in time and
     ran the same XLA program on its own thread, or else in the innermost call that encloses it.
+    An HLO op then ends at the latest where its call ends.
     """
     by_line: dict[int, list[OpEvent]] = defaultdict(list)
     for event in events:
@@ -306,6 +307,10 @@ def assign_parents(events: list[OpEvent]) -> None:
             continue
         same_program = [h for h in around if any(c.program == event.program for c in h.children)]
         _nest(event, max(same_program or around, key=lambda h: h.start))
+    for event in events:
+        # A call waits for its instructions, so none ends after it (a late end marker may say so).
+        if event.kind == "hlo" and event.parent is not None and event.parent.end > event.start:
+            event.end = min(event.end, event.parent.end)
 
 
 def _nest(child: OpEvent, parent: OpEvent) -> None:
