@@ -248,11 +248,11 @@ def _setup(args: argparse.Namespace, *, software: bool) -> tuple[Any, Any, dict[
 
 
 def _bench(args: argparse.Namespace) -> int:
+    from autotune.console import print_bench
     from autotune.launch import default_memory_cap_mb, trial_spec
     from autotune.protocol import Outcome
-    from autotune.runner import TrialRunner
-    from autotune.console import print_bench
     from autotune.record import trial_record
+    from autotune.runner import TrialRunner
 
     host, space, pins = _setup(args, software=False)
     config = space.reference(args.start, pins)

@@ -32,13 +32,20 @@ def print_bench(record: Mapping[str, Any]) -> None:
     if record["outcome"] == "ok":
         steps = ", ".join(f"{t:.3f}" for t in record["step_seconds"])
         table.add_row("step times (s)", steps)
-        table.add_row("median step", f"{record['median_step_s']:.4f} s (MAD {record['mad_step_s']:.4f}, CV {record['cv']:.1%})")
-        table.add_row("throughput", f"{format_rate(record['voxels_per_s'])} voxels/s, {record['samples_per_s']:.3f} samples/s")
+        median, mad, cv = record["median_step_s"], record["mad_step_s"], record["cv"]
+        table.add_row("median step", f"{median:.4f} s (MAD {mad:.4f}, CV {cv:.1%})")
+        rate, samples = format_rate(record["voxels_per_s"]), record["samples_per_s"]
+        table.add_row("throughput", f"{rate} voxels/s, {samples:.3f} samples/s")
         table.add_row("latency per sample", f"{record['latency_per_sample_s']:.4f} s")
-        table.add_row("achieved", f"{record['gflops_per_s']:.1f} GFLOP/s ({record['flops_per_step'] / 1e9:.1f} GFLOP/step)")
+        gflops, per_step = record["gflops_per_s"], record["flops_per_step"] / 1e9
+        table.add_row("achieved", f"{gflops:.1f} GFLOP/s ({per_step:.1f} GFLOP/step)")
+        if record.get("warning"):
+            table.add_row("warning", record["warning"])
         table.add_row("peak RSS", f"{record['peak_rss_mb']:.0f} MiB")
         effective = record.get("effective", {})
-        for key in ("layout", "onednn_enabled", "intra_op_threads", "inter_op_threads", "thread_pool", "tensorflow", "keras"):
+        shown = ("layout", "onednn_enabled", "intra_op_threads", "inter_op_threads", "thread_pool", "tensorflow",
+                 "keras")
+        for key in shown:
             if key in effective:
                 table.add_row(f"observed {key}", str(effective[key]))
     else:

@@ -134,8 +134,8 @@ def bootstrap_median_ci(
         statistics.median(rng.choices(values, k=n)) for _ in range(BOOTSTRAP_RESAMPLES)
     )
     tail = (1 - confidence) / 2
-    low = medians[int(math.floor(tail * (BOOTSTRAP_RESAMPLES - 1)))]
-    high = medians[int(math.ceil((1 - tail) * (BOOTSTRAP_RESAMPLES - 1)))]
+    low = medians[math.floor(tail * (BOOTSTRAP_RESAMPLES - 1))]
+    high = medians[math.ceil((1 - tail) * (BOOTSTRAP_RESAMPLES - 1))]
     return low, high
 
 
@@ -157,8 +157,8 @@ def bootstrap_ratio_ci(
     )
     tail = (1 - confidence) / 2
     return (
-        ratios[int(math.floor(tail * (BOOTSTRAP_RESAMPLES - 1)))],
-        ratios[int(math.ceil((1 - tail) * (BOOTSTRAP_RESAMPLES - 1)))],
+        ratios[math.floor(tail * (BOOTSTRAP_RESAMPLES - 1))],
+        ratios[math.ceil((1 - tail) * (BOOTSTRAP_RESAMPLES - 1))],
     )
 
 

@@ -102,7 +102,7 @@ def _md_cell(cell: str) -> str:
 
 def _html_cell(cell: str) -> str:
     text = str(cell)
-    numeric = text[:1].isdigit() or text[:1] == "-" and text[1:2].isdigit()
+    numeric = text[:1].isdigit() or (text[:1] == "-" and text[1:2].isdigit())
     return f"<td class=\"num\">{html.escape(text)}</td>" if numeric else f"<td>{_inline(text)}</td>"
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field, fields
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 SCHEMA_VERSION = 1
@@ -29,7 +29,7 @@ class ProtocolError(ValueError):
     """A protocol message or record that cannot be read."""
 
 
-class Outcome(str, Enum):
+class Outcome(StrEnum):
     """How a trial ended, as the driver records it."""
 
     OK = "ok"

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from autotune.host import HostInfo
+from autotune.measure import spread_warning, summarize
 from autotune.protocol import SCHEMA_VERSION, Outcome
 from autotune.runner import TrialOutcome, TrialSpec
 
@@ -61,6 +62,10 @@ def trial_record(
     }
     for name in FIGURES:
         record[name] = getattr(result, name) if result else None
+    steps = record["step_seconds"]
+    summary = summarize(steps) if steps else None
+    record["outlier_steps"] = list(summary.outliers) if summary else []
+    record["warning"] = spread_warning(summary) if summary and result else None
     if result is None:
         record["peak_rss_mb"] = outcome.peak_rss_mb
     return record

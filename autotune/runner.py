@@ -11,6 +11,8 @@ with a reason and the tail of stderr.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import functools
 import os
 import queue
 import signal
@@ -142,7 +144,7 @@ class _Execution:
                     cwd=self.workdir,
                     env=_child_env(self.spec.env),
                     start_new_session=True,
-                    preexec_fn=_pin(self.spec.cpus),
+                    preexec_fn=_preexec(self.spec.cpus),
                 )
             except (OSError, subprocess.SubprocessError) as exc:
                 return TrialOutcome(Outcome.CRASHED, reason=f"could not start the trial: {exc}")
@@ -270,11 +272,46 @@ def _child_env(changes: Mapping[str, str | None]) -> dict[str, str]:
     return env
 
 
-def _pin(cpus: tuple[int, ...] | None) -> Callable[[], None] | None:
-    if cpus is None:
+def _preexec(cpus: tuple[int, ...] | None) -> Callable[[], None] | None:
+    """What the child runs between fork and exec: die with the driver (Linux), then pin its CPUs.
+
+    A driver killed with SIGKILL cannot stop its trial, and the trial runs in a session of its own
+    (so a Ctrl-C at the terminal reaches only the driver): without a parent-death signal it would
+    go on measuring, on cores the next run measures on. ``PR_SET_PDEATHSIG`` makes the kernel send
+    SIGKILL to the child when the thread that forked it exits; the driver forks trials from its
+    main thread, whose end is the driver's end. The setting survives exec (the interpreter is not
+    set-user-ID). Grandchildren are not covered; the group kill at the end of a trial is.
+    """
+    chosen = None if cpus is None else set(cpus)
+    prctl = _prctl()
+    parent = os.getpid()
+    if prctl is None and chosen is None:
         return None
-    chosen = set(cpus)
-    return lambda: os.sched_setaffinity(0, chosen)
+
+    def preexec() -> None:
+        if prctl is not None:
+            prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+            if os.getppid() != parent:  # the driver died before the signal was armed
+                os._exit(1)
+        if chosen is not None:
+            os.sched_setaffinity(0, chosen)
+
+    return preexec
+
+
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+@functools.cache
+def _prctl() -> Callable[..., int] | None:
+    """libc's ``prctl``, loaded before any fork (never in the child), or None off Linux."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl
+    except (OSError, AttributeError):
+        return None
 
 
 def _tree_rss_mb(pid: int) -> float:
@@ -294,10 +331,8 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
     """Stop the child's whole process group: SIGTERM, a grace period, then SIGKILL."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGTERM)
-    try:
+    with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(timeout=TERMINATE_GRACE_SECONDS)
-    except subprocess.TimeoutExpired:
-        pass
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import os
 import socket
 import statistics
@@ -26,7 +27,15 @@ import psutil
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from autotune.calibrate import Calibration, calibrate, load_calibration
-from autotune.confirm import CONFIRMATION_ATTR, DEFAULT_REPEATS, DEFAULT_TOP, Run, candidates_of, confirm, estimate_seconds
+from autotune.confirm import (
+    CONFIRMATION_ATTR,
+    DEFAULT_REPEATS,
+    DEFAULT_TOP,
+    Run,
+    candidates_of,
+    confirm,
+    estimate_seconds,
+)
 from autotune.console import console, format_rate
 from autotune.errors import UserError
 from autotune.host import HostInfo
@@ -367,7 +376,7 @@ def _fail_orphans(study: optuna.Study) -> None:
     me = socket.gethostname()
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         worker_host, _, pid = str(trial.user_attrs.get("worker", "")).rpartition(":")
-        if worker_host != me or not pid.isdigit() or psutil.pid_exists(int(pid)) and int(pid) != os.getpid():
+        if worker_host != me or not pid.isdigit() or (psutil.pid_exists(int(pid)) and int(pid) != os.getpid()):
             continue
         study._storage.set_trial_user_attr(trial._trial_id, "outcome", Outcome.INTERRUPTED.value)
         study._storage.set_trial_user_attr(trial._trial_id, "reason", "the driver was killed during this trial")
@@ -535,8 +544,11 @@ class _Loop:
         record["cores_wait_s"] = round(held.waited_s, 3)
         record["cores_held"] = [round(held.start, 3), round(held.end, 3)]
         if outcome.outcome is Outcome.PRUNED and outcome.step_seconds:
+            median = statistics.median(outcome.step_seconds)
             planned = int(config.get("steps", len(outcome.step_seconds)))
-            saved = max(0, planned - len(outcome.step_seconds)) * statistics.median(outcome.step_seconds)
+            if float(config.get("trial_seconds", 0) or 0) > 0:  # the workload calibrates its step count
+                planned = max(3, min(planned, math.ceil(float(config["trial_seconds"]) / median)))
+            saved = max(0, planned - len(outcome.step_seconds)) * median
             record["time_saved_s"] = saved
             self.stats["time_saved_s"] += saved
         for key, value in record.items():
@@ -545,7 +557,8 @@ class _Loop:
         if outcome.outcome is Outcome.OK:
             value = record["voxels_per_s"]
             finished = self.study.tell(trial, value)
-            line += f", {format_rate(value)} voxels/s (median step {record['median_step_s']:.3f}s, CV {record['cv']:.1%})"
+            median, cv = record["median_step_s"], record["cv"]
+            line += f", {format_rate(value)} voxels/s (median step {median:.3f}s, CV {cv:.1%})"
         elif outcome.outcome is Outcome.PRUNED:
             finished = self.study.tell(trial, state=optuna.trial.TrialState.PRUNED)
             self.stats["pruned"] += 1
@@ -554,6 +567,8 @@ class _Loop:
             finished = self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
             self.stats["failed"] += 1
             line += f": {outcome.reason}"
+        if record.get("warning"):
+            line += f"\n  warning: {record['warning']}"
         self.stats["run"] += 1
         # This trial, not the study's last one: an enqueued reference may be waiting after it.
         self.seen.setdefault(self._key(config), finished)

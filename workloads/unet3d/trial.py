@@ -228,7 +228,9 @@ def _effective(tf: Any, keras: Any, s: Settings, model: Any) -> dict[str, Any]:
         "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
         "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
         "onednn_enabled": _onednn_enabled(),
-        "thread_pool": "OpenMP" if observed["loaded_runtimes"]["openmp"] else "TensorFlow (Eigen); KMP_*/OMP_* have no effect",
+        "thread_pool": (
+            "OpenMP" if observed["loaded_runtimes"]["openmp"] else "TensorFlow (Eigen); KMP_*/OMP_* have no effect"
+        ),
         "parameters": int(model.count_params()),
         "tensorflow": tf.__version__,
         "keras": keras.__version__,
