@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         if args.debug:
             raise
-        print(f"autotune: error: {_one_line(exc)}", file=sys.stderr)
+        print(f"autotune: error: {_scrub(_one_line(exc), getattr(args, 'storage', None))}", file=sys.stderr)
         return getattr(exc, "exit_status", EXIT_USAGE)
     except KeyboardInterrupt:
         print("autotune: interrupted", file=sys.stderr)
@@ -184,6 +184,24 @@ def _one_line(message: object) -> str:
     return " ".join(str(message).split())
 
 
+def _scrub(message: str, storage: str | None) -> str:
+    """``message`` without the password of the ``--storage`` URL, whatever library quoted it.
+
+    A password holding an unquoted ``@`` is split there by URL parsers, so its pieces go too.
+    """
+    from urllib.parse import unquote
+
+    from autotune.study import password_of
+
+    password = password_of(storage) if storage else None
+    if not password:
+        return message
+    pieces = {password, unquote(password), *(p for p in password.split("@") if len(p) >= 3)}
+    for piece in sorted(pieces, key=len, reverse=True):
+        message = message.replace(piece, "***")
+    return message
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -290,9 +308,14 @@ def _host(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from autotune.host import probe_host
     from autotune.study import RunOptions, run_study
 
-    host, space, pins = _setup(args, software=True)
+    # Check what the user gave first: the software probe (a TensorFlow import in a subprocess) takes
+    # seconds, and the space does not depend on it.
+    _, space, pins = _setup(args, software=False)
+    data_dir = _data_dir(args)
+    host = probe_host(software=True)
     options = RunOptions(
         trials=args.trials,
         timeout_s=args.timeout,
@@ -300,7 +323,7 @@ def _run(args: argparse.Namespace) -> int:
         study_name=args.study,
         sampler=args.sampler,
         seed=args.seed,
-        data_dir=_data_dir(args),
+        data_dir=data_dir,
         report_dir=args.report_dir,
         trial_timeout_s=args.trial_timeout,
         memory_cap_mb=args.memory_cap,

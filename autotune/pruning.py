@@ -14,7 +14,10 @@ from optuna.pruners import BasePruner
 # "Clearly slower": below half the best throughput. Trials closer than that are measured in full,
 # since a few noisy steps cannot rank configurations within a factor of two reliably.
 DEFAULT_FRACTION = 0.5
-DEFAULT_WARMUP_STEPS = 2
+# One timed step after the untimed warm-up is enough to see a factor of two: step times of one
+# configuration vary by a few percent (30% at worst on a loaded 2-core host), and the slow trials
+# pruning exists for (channels_first training, XLA on CPU, large batches) take a minute or more a step.
+DEFAULT_WARMUP_STEPS = 1
 
 
 class BestFractionPruner(BasePruner):
@@ -41,3 +44,24 @@ class BestFractionPruner(BasePruner):
         best = max(t.value for t in completed if t.value is not None)
         latest = trial.intermediate_values[max(trial.intermediate_values)]
         return latest < self.fraction * best
+
+
+# A warm-up (tracing, XLA compilation, the first step) longer than this many steps of the best
+# configuration, and than WARMUP_MIN_SECONDS, marks a trap (XLA on CPU at large shapes compiles for
+# minutes): waiting for its first timed step would cost more than any result it could bring.
+WARMUP_FACTOR = 30.0
+WARMUP_MIN_SECONDS = 60.0
+
+
+def warmup_too_slow(waited_s: float, voxels_per_step: float, best_voxels_per_s: float | None) -> bool:
+    """Whether a trial still warming up after ``waited_s`` should be pruned.
+
+    Args:
+        waited_s: Seconds since the trial finished its set-up.
+        voxels_per_step: The trial's work per step.
+        best_voxels_per_s: The best completed trial's throughput, or None when there is none.
+    """
+    if not best_voxels_per_s or voxels_per_step <= 0:
+        return False
+    best_step_s = voxels_per_step / best_voxels_per_s
+    return waited_s > max(WARMUP_MIN_SECONDS, WARMUP_FACTOR * best_step_s)

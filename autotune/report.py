@@ -33,6 +33,15 @@ from autotune.space import SearchSpace
 
 ROLES = ("baseline", "vendor_recommended", "best")
 BEST_KIND = "autotune-best"
+# Exit status when the report cannot be written (a full disk): EX_IOERR from sysexits.h. Not 2: the
+# study did run, and status 2 promises that bad input changed nothing.
+EXIT_REPORT_NOT_WRITTEN = 74
+
+
+class ReportError(UserError):
+    """The report folder or one of its files cannot be written; the message is one line."""
+
+    exit_status = EXIT_REPORT_NOT_WRITTEN
 
 
 @dataclass(frozen=True)
@@ -195,14 +204,14 @@ def write_outputs(summary: StudySummary, report_dir: Path) -> None:
     """Write ``best.json`` and ``report.md`` into ``report_dir`` (atomically, file by file).
 
     Raises:
-        UserError: The folder cannot be written.
+        ReportError: The folder cannot be written.
     """
     try:
         report_dir.mkdir(parents=True, exist_ok=True)
         _atomic_write(report_dir / "best.json", json.dumps(best_document(summary), indent=2, sort_keys=True) + "\n")
         _atomic_write(report_dir / "report.md", markdown(summary))
     except OSError as exc:
-        raise UserError(f"cannot write the report to {report_dir}: {exc.strerror or exc}") from None
+        raise ReportError(f"cannot write the report to {report_dir}: {exc.strerror or exc}") from None
 
 
 def _umask() -> int:
@@ -297,8 +306,10 @@ HEADERS = ["config", "trial", "knobs (vs baseline)", "voxels/s", "latency", "GFL
            "speedup"]
 
 
-def print_summary(summary: StudySummary, report_dir: Path, stats: Mapping[str, Any]) -> None:
-    """Print the end table and where the outputs are."""
+def print_summary(
+    summary: StudySummary, report_dir: Path, stats: Mapping[str, Any], *, written: bool = True
+) -> None:
+    """Print the end table and, when ``written``, where the outputs are."""
     table = Table(title=f"study {summary.study}")
     for header in HEADERS:
         table.add_column(header, overflow="fold")
@@ -314,7 +325,8 @@ def print_summary(summary: StudySummary, report_dir: Path, stats: Mapping[str, A
         f"{stats.get('pruned', 0)} pruned (saved {stats.get('time_saved_s', 0.0):.0f}s), "
         f"{stats.get('elapsed_s', 0.0) / 60:.1f} min; study: {counts}"
     )
-    console.print(f"wrote {report_dir / 'best.json'} and {report_dir / 'report.md'}")
+    if written:
+        console.print(f"wrote {report_dir / 'best.json'} and {report_dir / 'report.md'}")
 
 
 def speedup_method(summary: StudySummary) -> str:
@@ -446,18 +458,21 @@ def write_report(
     """Write the full report: ``best.json``, ``report.md`` with PNG figures, self-contained ``report.html``.
 
     Raises:
-        UserError: The folder cannot be written.
+        ReportError: The folder cannot be written.
     """
     try:
         report_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise UserError(f"cannot write the report to {report_dir}: {exc.strerror or exc}") from None
+        raise ReportError(f"cannot write the report to {report_dir}: {exc.strerror or exc}") from None
     speedups = {"baseline": 1.0}
     for role in ("vendor_recommended", "best"):
         values = role_figures(summary, role)
         if values and values["speedup_vs_baseline"]:
             speedups[role] = values["speedup_vs_baseline"]
-    drawn = draw(study, report_dir, speedups if len(speedups) > 1 else {})
+    try:
+        drawn = draw(study, report_dir, speedups if len(speedups) > 1 else {})
+    except UserError as exc:  # a figure could not be saved
+        raise ReportError(str(exc)) from None
     sections = report_sections(summary, drawn, [*breakdown_sections(summary, report_dir), *extra])
     speedup_chart = Section(title="Speedup", figures=["Speedup over the baseline"])
     sections.insert(3, speedup_chart)
@@ -467,7 +482,7 @@ def write_report(
         _atomic_write(report_dir / "report.md", to_markdown(title, sections, drawn.png))
         _atomic_write(report_dir / "report.html", to_html(title, sections, drawn.html, plotly_js()))
     except OSError as exc:
-        raise UserError(f"cannot write the report to {report_dir}: {exc.strerror or exc}") from None
+        raise ReportError(f"cannot write the report to {report_dir}: {exc.strerror or exc}") from None
 
 
 def load_best(path: Path) -> dict[str, Any]:

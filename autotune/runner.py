@@ -46,6 +46,9 @@ TERMINATE_GRACE_SECONDS = 2.0
 StepCallback = Callable[[list[float], Mapping[str, Any]], bool]
 """Called with (timed step times so far, the setup message) after each timed step; True prunes."""
 
+WaitCallback = Callable[[float, Mapping[str, Any]], bool]
+"""Called with (seconds since the setup message, the setup message) while warm-up runs; True prunes."""
+
 
 @dataclass(frozen=True)
 class TrialSpec:
@@ -100,25 +103,32 @@ class TrialOutcome:
 class TrialRunner:
     """Runs trials one at a time; ``run`` is the only entry point."""
 
-    def run(self, spec: TrialSpec, on_step: StepCallback | None = None) -> TrialOutcome:
+    def run(
+        self, spec: TrialSpec, on_step: StepCallback | None = None, on_wait: WaitCallback | None = None
+    ) -> TrialOutcome:
         """Run one trial to its end.
 
         Args:
             spec: What to launch.
             on_step: Called after each timed step; returning True prunes the trial.
+            on_wait: Called while the first timed step is awaited (warm-up running); True prunes.
 
         Returns:
             The outcome; this method does not raise for anything the child does.
         """
         with tempfile.TemporaryDirectory(prefix="autotune-trial-") as workdir:
-            return _Execution(spec, Path(workdir), on_step).run()
+            return _Execution(spec, Path(workdir), on_step, on_wait).run()
 
 
 class _Execution:
-    def __init__(self, spec: TrialSpec, workdir: Path, on_step: StepCallback | None) -> None:
+    def __init__(
+        self, spec: TrialSpec, workdir: Path, on_step: StepCallback | None, on_wait: WaitCallback | None = None
+    ) -> None:
         self.spec = spec
         self.workdir = workdir
         self.on_step = on_step
+        self.on_wait = on_wait
+        self.setup_at = 0.0
         self.lines: queue.Queue[str | None] = queue.Queue()
         self.steps: list[float] = []
         self.warmups: list[float] = []
@@ -184,6 +194,10 @@ class _Execution:
                 # A grandchild may hold stdout open after the child exits: stop waiting for EOF.
                 if eof or time.monotonic() - exited_at > 1.0:
                     return None
+            if self.on_wait and self.setup and not self.steps and self.result is None:
+                waited = time.monotonic() - self.setup_at
+                if self.on_wait(waited, self.setup):
+                    return Outcome.PRUNED, f"pruned after {waited:.0f}s of warm-up without a timed step"
             if self.result is not None and time.monotonic() - self.result_at > EXIT_AFTER_RESULT_SECONDS:
                 return None
             if (stop := self._check_memory(proc)) is not None:
@@ -208,9 +222,11 @@ class _Execution:
             else:
                 self.steps.append(float(seconds))
                 if self.on_step and self.on_step(list(self.steps), self.setup):
-                    return Outcome.PRUNED, f"pruned after {len(self.steps)} timed steps"
+                    count = len(self.steps)
+                    return Outcome.PRUNED, f"pruned after {count} timed step{'' if count == 1 else 's'}"
         elif kind == "setup":
             self.setup = message
+            self.setup_at = time.monotonic()
         elif kind == "result":
             try:
                 self.result = TrialResult.from_dict({k: v for k, v in message.items() if k != "kind"})

@@ -42,9 +42,16 @@ from autotune.host import HostInfo
 from autotune.launch import default_memory_cap_mb, trial_spec
 from autotune.lock import CoreLock, CoresBusy, study_setup_lock
 from autotune.protocol import Outcome
-from autotune.pruning import BestFractionPruner
+from autotune.pruning import BestFractionPruner, warmup_too_slow
 from autotune.record import trial_record
-from autotune.report import StudySummary, print_summary, summarize_study, write_outputs, write_report
+from autotune.report import (
+    ReportError,
+    StudySummary,
+    print_summary,
+    summarize_study,
+    write_outputs,
+    write_report,
+)
 from autotune.runner import TrialRunner, TrialSpec
 from autotune.space import REFERENCES, SearchSpace
 
@@ -112,11 +119,16 @@ def run_study(
         The exit status: 0 when the study ran, 1 when no trial succeeded, 130 when interrupted.
 
     Raises:
-        UserError: The storage cannot be opened, or the study belongs to another host or settings.
+        UserError: The storage cannot be opened, the study belongs to another host or settings, or
+            the report folder cannot be made (checked before any trial runs).
+        ReportError: The report could not be written after the trials ran (a full disk): every
+            trial is stored, the summary is printed, and ``autotune report`` can write it later.
     """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     mode = pins.get("mode", space.knobs["mode"].default if "mode" in space.knobs else "run")
     name = options.study_name or f"{space.workload}-{mode}-{host.fingerprint[:8]}"
+    report_dir = options.report_dir or Path("reports") / name
+    _check_report_dir(report_dir)
     cores = CoreLock.for_host(host)
     if not options.wait_for_cores:
         _check_cores_free(cores)
@@ -125,20 +137,28 @@ def run_study(
     runner = runner or TrialRunner()
     calibration = _calibration(host, study)
     loop = _Loop(options, host, space, pins, study, runner, cores)
-    interrupted = loop.run()
+    try:
+        interrupted = loop.run()
+    except KeyboardInterrupt:  # Ctrl-C between two measurements (asking, sampling, storing)
+        loop.fail_asked_trial()
+        interrupted = True
     if not interrupted and options.confirm_repeats > 0:
         interrupted = _confirm(options, host, space, study, runner, cores)
     elif options.confirm_repeats <= 0 and study.user_attrs.get(CONFIRMATION_ATTR):
         study.set_user_attr(CONFIRMATION_ATTR, None)  # an older confirmation no longer covers the study
     summary = summarize_study(study, space, host, calibration)
-    report_dir = options.report_dir or Path("reports") / name
     if options.profile and not interrupted and summary.best is not None:
         interrupted = _profile_references(options, host, space, study, cores, report_dir)
     loop.stats["elapsed_s"] = time.monotonic() - started
-    if options.full_report:
-        write_report(summary, study, report_dir)
-    else:
-        write_outputs(summary, report_dir)
+    try:
+        if options.full_report:
+            write_report(summary, study, report_dir)
+        else:
+            write_outputs(summary, report_dir)
+    except ReportError as exc:
+        print_summary(summary, report_dir, loop.stats, written=False)
+        raise ReportError(f"{exc}; every trial is stored in study {name!r}: write the report elsewhere with "
+                          f"`autotune report --study {name} --report-dir DIR` (same --storage, --space)") from None
     print_summary(summary, report_dir, loop.stats)
     if interrupted:
         return 130
@@ -168,6 +188,17 @@ def open_shared_study(
     if runs:
         study.sampler = _sampler(dataclasses.replace(options, seed=options.seed + runs), space, pins)
     return study
+
+
+def _check_report_dir(report_dir: Path) -> None:
+    """Refuse a report folder that cannot be made, before any trial runs (a full disk still fails later)."""
+    existing = report_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"--report-dir {report_dir}: {existing} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"--report-dir {report_dir}: {existing} is not writable")
 
 
 def _check_cores_free(cores: CoreLock) -> None:
@@ -307,13 +338,24 @@ def _open_study(options: RunOptions, name: str, space: SearchSpace, pins: Mappin
 
 
 def redact(url: str) -> str:
-    """A storage URL with its password replaced by ``***``."""
+    """A storage URL with its password replaced by ``***`` (also in a URL that lacks its ``scheme://``)."""
     scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest:
+    if not sep:
+        scheme, rest = "", url
+    if "@" not in rest:
         return url
     credentials, at, location = rest.rpartition("@")
     user, colon, _ = credentials.partition(":")
-    return f"{scheme}://{user}{':***' if colon else ''}{at}{location}"
+    return f"{scheme}{sep}{user}{':***' if colon else ''}{at}{location}"
+
+
+def password_of(url: str) -> str | None:
+    """The password a storage URL holds, as typed, or None."""
+    shown = redact(url)
+    if shown == url:
+        return None
+    rest = url.partition("://")[2] or url
+    return rest.rpartition("@")[0].partition(":")[2] or None
 
 
 def _sampler(options: RunOptions, space: SearchSpace, pins: Mapping[str, Any]) -> optuna.samplers.BaseSampler:
@@ -432,6 +474,7 @@ class _Loop:
         self.stats = {"run": 0, "repeats": 0, "pruned": 0, "failed": 0, "time_saved_s": 0.0,
                       "elapsed_s": 0.0}
         self.seen = self._measured()
+        self.asked: optuna.Trial | None = None
 
     def _measured(self) -> dict[tuple, optuna.trial.FrozenTrial]:
         seen = {}
@@ -480,7 +523,7 @@ class _Loop:
                     progress.console.print("every grid point was measured: stopping the search")
                     break
                 remaining = deadline - self._reserve() - time.monotonic()
-                trial = self.study.ask()
+                trial = self.asked = self.study.ask()
                 role = trial.user_attrs.get("role", "search")
                 config = self.space.suggest(trial, self.pins)
                 if role in REFERENCES:
@@ -538,8 +581,15 @@ class _Loop:
             trial.report(voxels / median, len(steps) - 1)
             return trial.should_prune()
 
+        best_before = self._best_value()
+
+        def on_wait(waited: float, setup: Mapping[str, Any]) -> bool:
+            if role != "search" or not self.options.prune:
+                return False
+            return warmup_too_slow(waited, float(setup.get("voxels_per_step") or 0), best_before)
+
         with self._cores(trial, progress, task) as held:
-            outcome = self.runner.run(spec, on_step=on_step)
+            outcome = self.runner.run(spec, on_step=on_step, on_wait=on_wait)
         record = trial_record(config, spec, outcome, self.host)
         record["cores_wait_s"] = round(held.waited_s, 3)
         record["cores_held"] = [round(held.start, 3), round(held.end, 3)]
@@ -612,10 +662,24 @@ class _Loop:
         else:
             self.study.tell(trial, state=earlier.state if earlier.state.is_finished() else optuna.trial.TrialState.FAIL)
 
+    def fail_asked_trial(self) -> None:
+        """Fail the last trial asked for if it is still RUNNING (the run stopped before telling it)."""
+        if self.asked is None:
+            return
+        stored = self.study._storage.get_trial(self.asked._trial_id)
+        if stored.state == optuna.trial.TrialState.RUNNING:
+            self._tell_interrupted(self.asked)
+
     def _tell_interrupted(self, trial: optuna.Trial) -> None:
         trial.set_user_attr("outcome", Outcome.INTERRUPTED.value)
         trial.set_user_attr("reason", "stopped by the user (Ctrl-C)")
         self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+
+    def _best_value(self) -> float | None:
+        try:
+            return self.study.best_value
+        except ValueError:
+            return None
 
     def _best_text(self) -> str:
         try:

@@ -107,7 +107,7 @@ def running_trial(study: optuna.Study, reports: list[float]) -> optuna.Trial:
     ("completed", "reports", "pruned"),
     [
         ([], [1.0, 1.0, 1.0], False),  # nothing to compare with
-        ([100.0], [1.0], False),  # before the warm-up steps
+        ([100.0], [1.0], True),  # one timed step is enough to see a factor of two
         ([100.0], [], False),
         ([100.0], [10.0, 10.0], True),  # far below half the best
         ([100.0], [49.9, 49.9], True),
@@ -195,11 +195,46 @@ def test_slow_search_trial_is_pruned_and_references_never(tmp_path, host, space_
     if prune:
         assert slow.state == PRUNED
         assert slow.user_attrs["outcome"] == "pruned"
-        assert slow.user_attrs["reason"] == "pruned after 2 timed steps"
-        assert len(slow.user_attrs["step_seconds"]) == 2
+        assert slow.user_attrs["reason"] == "pruned after 1 timed step"
+        assert len(slow.user_attrs["step_seconds"]) == 1
         assert slow.user_attrs["time_saved_s"] > 0
-        assert len(slow.intermediate_values) == 2
+        assert len(slow.intermediate_values) == 1
     else:
         assert slow.state == COMPLETE
         assert len(slow.user_attrs["step_seconds"]) == 8
         assert slow.intermediate_values == {}
+
+
+@pytest.mark.parametrize(
+    ("waited", "voxels", "best", "pruned"),
+    [
+        (61.0, 1000.0, 1000.0, True),  # 61 s against a 1 s best step: past both limits
+        (59.0, 1000.0, 1000.0, False),  # under the one-minute floor
+        (200.0, 10_000.0, 1000.0, False),  # 30 best steps of this size take 300 s
+        (301.0, 10_000.0, 1000.0, True),
+        (1000.0, 1000.0, None, False),  # nothing completed yet: nothing to compare with
+    ],
+)
+def test_warmup_guard(waited, voxels, best, pruned):
+    from autotune.pruning import warmup_too_slow
+
+    assert warmup_too_slow(waited, voxels, best) is pruned
+
+
+def test_runner_prunes_a_trial_stuck_in_warmup(fake_space, host):
+    from autotune.launch import trial_spec
+    from autotune.protocol import Outcome
+    from autotune.runner import TrialRunner
+
+    config = fake_space.configure({"fault": "hang", "fault_after": 0}, base=fake_space.reference("baseline"))
+    spec = trial_spec(fake_space, config, host, timeout_s=20)
+    seen = []
+
+    def on_wait(waited, setup):
+        seen.append(setup.get("voxels_per_step"))
+        return waited > 0.5
+
+    outcome = TrialRunner().run(spec, on_wait=on_wait)
+    assert outcome.outcome is Outcome.PRUNED
+    assert "warm-up" in outcome.reason and outcome.wall_seconds < 10
+    assert seen and seen[0] == 16**3

@@ -146,7 +146,7 @@ def test_summary_lists_failed_and_pruned_trials_with_reasons(summary):
     assert (crashed, crash_outcome) == (2, "crashed")
     assert "RuntimeError: the fake workload crashed as told" in crash_reason
     assert (pruned, prune_outcome) == (3, "pruned")
-    assert prune_reason == "pruned after 2 timed steps"
+    assert prune_reason == "pruned after 1 timed step"
 
 
 def test_speedup_over_the_baseline(summary):
@@ -172,7 +172,7 @@ def test_markdown_shows_the_table_and_the_failures(summary):
     assert "## Failed and pruned trials" in text
     crash = "exit status 1: RuntimeError: the fake workload crashed as told"
     assert f"| 2 | crashed | {crash} |" in text
-    assert "| 3 | pruned | pruned after 2 timed steps |" in text
+    assert "| 3 | pruned | pruned after 1 timed step |" in text
 
 
 def test_markdown_keeps_a_reason_inside_its_cell(summary):

@@ -267,7 +267,7 @@ def test_on_step_returning_true_prunes():
     outcome = TrialRunner().run(spec, on_step=lambda steps, setup: len(steps) >= 2)
 
     assert outcome.outcome is Outcome.PRUNED
-    assert "pruned after 2 timed steps" in outcome.reason
+    assert "pruned after 2 timed steps" in outcome.reason  # the callback prunes on its second call
     assert len(outcome.step_seconds) == 2
     assert all(t > 0 for t in outcome.step_seconds)
     assert outcome.result is None

@@ -123,7 +123,7 @@ def dead_pid() -> int:
 class InterruptingRunner(TrialRunner):
     """Behaves as if the user pressed Ctrl-C while the first trial ran."""
 
-    def run(self, spec, on_step=None):
+    def run(self, spec, on_step=None, on_wait=None):
         raise KeyboardInterrupt
 
 
