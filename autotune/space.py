@@ -241,14 +241,20 @@ class SearchSpace:
         """Parse ``KNOB=VALUE`` strings (``--set``) into typed values.
 
         Raises:
-            SpaceError: A malformed item, an unknown knob, or a value it does not allow.
+            SpaceError: A malformed item, an unknown knob, a value it does not allow, or one knob
+                given two different values (which one was meant is not for autotune to guess).
         """
         values: dict[str, Any] = {}
         for item in items:
             name, sep, text = item.partition("=")
             if not sep or not name.strip():
                 raise SpaceError(f"--set {item!r}: expected KNOB=VALUE")
-            values[name.strip()] = self.knob(name.strip()).parse(text)
+            name = name.strip()
+            value = self.knob(name).parse(text)
+            if name in values and values[name] != value:
+                raise SpaceError(f"{name}: pinned twice, to {values[name]!r} and {value!r} "
+                                 "(--set, --mode, --trial-seconds); pin it once")
+            values[name] = value
         return values
 
     def reference(self, name: str, pins: Mapping[str, Any] | None = None) -> dict[str, Any]:

@@ -195,10 +195,11 @@ def _check_report_dir(report_dir: Path) -> None:
     existing = report_dir
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
+    what = "it" if existing == report_dir else str(existing)
     if not existing.is_dir():
-        raise UserError(f"--report-dir {report_dir}: {existing} is not a directory")
+        raise UserError(f"--report-dir {report_dir}: {what} is not a directory")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise UserError(f"--report-dir {report_dir}: {existing} is not writable")
+        raise UserError(f"--report-dir {report_dir}: {what} is not writable")
 
 
 def _check_cores_free(cores: CoreLock) -> None:

@@ -15,7 +15,7 @@ from workloads.harness import BadInput, Reporter, build_result, observed_environ
 
 FAULTS = (
     "none", "crash", "segfault", "hang", "garbage", "no_result", "half_result", "memory", "spawn",
-    "bad_input", "exit",
+    "bad_input", "exit", "oom_kill",
 )
 # Multiplies every step time; lets tests inject a regression into an already stored configuration.
 SLOWDOWN_ENV = "AUTOTUNE_FAKE_SLOWDOWN"
@@ -86,6 +86,8 @@ def _fail(fault: str, params: dict[str, Any], hog: list[bytearray]) -> None:
         raise RuntimeError("the fake workload crashed as told")
     if fault == "segfault":
         os.kill(os.getpid(), signal.SIGSEGV)
+    if fault == "oom_kill":  # what the kernel's out-of-memory killer does to the largest process
+        os.kill(os.getpid(), signal.SIGKILL)
     if fault == "exit":
         raise SystemExit(3)
     if fault == "garbage":
