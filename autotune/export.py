@@ -14,16 +14,15 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import shlex
-import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from autotune.errors import UserError
+from autotune.files import atomic_write
 from autotune.host import format_cpu_list
 from autotune.report import ROLES, load_best
 
@@ -373,33 +372,15 @@ def render(record: LaunchRecord, fmt: str) -> str:
 
 
 def write_file(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically: a temporary file in the same folder, then a rename.
-
-    An existing file keeps its permissions; a new one gets the usual ``0666 & ~umask``.
+    """Write ``text`` to ``path`` atomically; an existing file keeps its permissions.
 
     Raises:
         UserError: The file cannot be written.
     """
-    path = Path(path)
     try:
-        mode = path.stat().st_mode & 0o777 if path.exists() else 0o666 & ~_umask()
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        atomic_write(Path(path), text)
     except OSError as exc:
         raise UserError(f"cannot write {path}: {exc.strerror or exc}") from None
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise UserError(f"cannot write {path}: {exc.strerror or exc}") from None
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 # ---- pieces the serializers share ----

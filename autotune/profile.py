@@ -20,7 +20,6 @@ import dataclasses
 import datetime as dt
 import json
 import math
-import os
 import re
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from autotune.errors import UserError
+from autotune.files import atomic_write
 from autotune.protocol import SCHEMA_VERSION, Outcome, ProtocolError, TrialConfig
 
 if TYPE_CHECKING:
@@ -552,13 +552,6 @@ def write_profile(path: Path, document: Mapping[str, Any]) -> None:
     """
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-        try:
-            with os.fdopen(fd, "w") as handle:
-                handle.write(json.dumps(document, indent=2, sort_keys=True) + "\n")
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(path, json.dumps(document, indent=2, sort_keys=True) + "\n")
     except OSError as exc:
         raise UserError(f"cannot write {path}: {exc.strerror or exc}") from None

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
-import tempfile
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -23,6 +21,7 @@ from autotune.calibrate import Calibration
 from autotune.confirm import CONFIRMATION_ATTR, Confirmation, paired_speedup
 from autotune.console import console, format_rate
 from autotune.errors import UserError
+from autotune.files import atomic_write
 from autotune.host import HostInfo
 from autotune.measure import bootstrap_ratio_ci
 from autotune.page import Section, to_html, to_markdown
@@ -208,28 +207,10 @@ def write_outputs(summary: StudySummary, report_dir: Path) -> None:
     """
     try:
         report_dir.mkdir(parents=True, exist_ok=True)
-        _atomic_write(report_dir / "best.json", json.dumps(best_document(summary), indent=2, sort_keys=True) + "\n")
-        _atomic_write(report_dir / "report.md", markdown(summary))
+        atomic_write(report_dir / "best.json", json.dumps(best_document(summary), indent=2, sort_keys=True) + "\n")
+        atomic_write(report_dir / "report.md", markdown(summary))
     except OSError as exc:
         raise ReportError(f"cannot write the report to {report_dir}: {exc.strerror or exc}") from None
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def role_figures(summary: StudySummary, role: str) -> dict[str, float] | None:
@@ -478,9 +459,9 @@ def write_report(
     sections.insert(3, speedup_chart)
     title = f"autotune report: {summary.study}"
     try:
-        _atomic_write(report_dir / "best.json", json.dumps(best_document(summary), indent=2, sort_keys=True) + "\n")
-        _atomic_write(report_dir / "report.md", to_markdown(title, sections, drawn.png))
-        _atomic_write(report_dir / "report.html", to_html(title, sections, drawn.html, plotly_js()))
+        atomic_write(report_dir / "best.json", json.dumps(best_document(summary), indent=2, sort_keys=True) + "\n")
+        atomic_write(report_dir / "report.md", to_markdown(title, sections, drawn.png))
+        atomic_write(report_dir / "report.html", to_html(title, sections, drawn.html, plotly_js()))
     except OSError as exc:
         raise ReportError(f"cannot write the report to {report_dir}: {exc.strerror or exc}") from None
 

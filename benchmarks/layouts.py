@@ -52,7 +52,7 @@ def main() -> None:
         for index in args.layouts.split(","):
             name = names[int(index)]
             sets = [*LAYOUTS[name], f"onednn={'true' if onednn == 'on' else 'false'}", f"patch={args.patch}",
-                    f"mode={args.mode}", f"steps={args.steps}", "batch=1"]
+                    f"mode={args.mode}", f"steps={args.steps}", "trial_seconds=0", "batch=1"]
             record = bench(sets)
             if record["outcome"] != "ok":
                 print(f"| {name} | {onednn} | {record['outcome']}: {record['reason']} | | | |", flush=True)

@@ -45,13 +45,14 @@ import bisect
 import json
 import os
 import re
-import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from autotune.files import atomic_write
 
 BREAKDOWN_FILE = "breakdown.json"
 TRACE_DIR = "trace"
@@ -144,7 +145,7 @@ class StepProfile:
             wall_seconds=float(sum(step_seconds)),
         )
         document["source"] = {"tensorflow": tf.__version__, "trace": str(self.trace_dir)}
-        _atomic_write(self.directory / BREAKDOWN_FILE, json.dumps(document, sort_keys=True) + "\n")
+        atomic_write(self.directory / BREAKDOWN_FILE, json.dumps(document, sort_keys=True) + "\n")
         return document
 
 
@@ -389,12 +390,3 @@ def breakdown_document(
     }
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
