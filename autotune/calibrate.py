@@ -1,7 +1,7 @@
-"""The host's float32 GEMM peak, measured once per host fingerprint and kept in the cache folder.
+"""The host's GEMM peaks (float32, bfloat16), measured once per host fingerprint, kept in the cache folder.
 
 The measurement runs ``python -m workloads.gemm`` in a subprocess (the driver never imports
-TensorFlow). Trials' achieved GFLOP/s are shown as a fraction of this peak.
+TensorFlow). Trials' achieved GFLOP/s are shown as a fraction of the peak of their precision.
 """
 
 from __future__ import annotations
@@ -28,10 +28,12 @@ class Calibration:
     Attributes:
         host_fingerprint: The host it was measured on.
         size: Side of the square matrices.
-        peak_gflops_per_s: Rate of the fastest repeat.
-        median_gflops_per_s: Rate of the median repeat.
+        peak_gflops_per_s: float32 rate of the fastest repeat.
+        median_gflops_per_s: float32 rate of the median repeat.
         measured_at: ISO time of the measurement.
         schema: File schema version.
+        bfloat16_peak_gflops_per_s: bfloat16 rate of the fastest repeat (AMX or AVX512_BF16 through
+            oneDNN), or None where bfloat16 matmuls do not run.
     """
 
     host_fingerprint: str
@@ -40,6 +42,13 @@ class Calibration:
     median_gflops_per_s: float
     measured_at: str
     schema: int = SCHEMA_VERSION
+    bfloat16_peak_gflops_per_s: float | None = None
+
+    def peak_for(self, precision: str) -> float:
+        """The peak a configuration of ``precision`` is measured against."""
+        if precision == "mixed_bfloat16" and self.bfloat16_peak_gflops_per_s:
+            return self.bfloat16_peak_gflops_per_s
+        return self.peak_gflops_per_s
 
 
 def cache_dir() -> Path:
@@ -91,6 +100,9 @@ def calibrate(host: HostInfo, *, size: int = 4096, repeats: int = 10, python: st
         size=size,
         peak_gflops_per_s=float(result["peak_gflops_per_s"]),
         median_gflops_per_s=float(result["median_gflops_per_s"]),
+        bfloat16_peak_gflops_per_s=(
+            float(result["bfloat16_peak_gflops_per_s"]) if result.get("bfloat16_peak_gflops_per_s") else None
+        ),
         measured_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     )
     path = calibration_path(host)

@@ -426,6 +426,7 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
+    from autotune.calibrate import load_calibration
     from autotune.console import console
     from autotune.host import HostInfo, probe_host
     from autotune.report import summarize_study, write_report
@@ -440,7 +441,7 @@ def _report(args: argparse.Namespace) -> int:
         raise UserError(f"study {args.study!r} holds an unreadable host record") from None
     space = load_space(_space_path(args), HostFacts.of(host))
     report_dir = args.report_dir or Path("reports") / args.study
-    write_report(summarize_study(study, space, host), study, report_dir)
+    write_report(summarize_study(study, space, host, load_calibration(host)), study, report_dir)
     console.print(f"wrote {report_dir / 'report.md'}, {report_dir / 'report.html'} and {report_dir / 'best.json'}")
     return 0
 

@@ -73,4 +73,6 @@ def print_host(host: HostInfo, calibration: Calibration | None = None) -> None:
     else:
         table.add_row("float32 GEMM peak", f"{calibration.peak_gflops_per_s:.0f} GFLOP/s (median "
                       f"{calibration.median_gflops_per_s:.0f}, {calibration.size}^2, {calibration.measured_at})")
+        bf16 = calibration.bfloat16_peak_gflops_per_s
+        table.add_row("bfloat16 GEMM peak", "does not run here" if bf16 is None else f"{bf16:.0f} GFLOP/s")
     console.print(table)

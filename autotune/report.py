@@ -71,6 +71,7 @@ class StudySummary:
         searched: Names of the knobs the sampler varied.
         confirmation: The confirmation stage, when one ran.
         peak_gflops_per_s: The host's measured float32 GEMM peak, when calibrated.
+        peak_bf16_gflops_per_s: Its bfloat16 GEMM peak, where measured.
     """
 
     study: str
@@ -83,6 +84,7 @@ class StudySummary:
     searched: list[str] = field(default_factory=list)
     confirmation: Confirmation | None = None
     peak_gflops_per_s: float | None = None
+    peak_bf16_gflops_per_s: float | None = None
 
     @property
     def best(self) -> dict[str, Any] | None:
@@ -138,6 +140,8 @@ def summarize_study(
         confirmation=confirmation,
         peak_gflops_per_s=calibration.peak_gflops_per_s if calibration else study.user_attrs.get(
             "gemm_peak_gflops_per_s"),
+        peak_bf16_gflops_per_s=calibration.bfloat16_peak_gflops_per_s if calibration else study.user_attrs.get(
+            "gemm_peak_bf16_gflops_per_s"),
     )
 
 
@@ -183,6 +187,7 @@ def best_document(summary: StudySummary) -> dict[str, Any]:
         "trials": dict(summary.counts),
         "figures": {role: role_figures(summary, role) for role in ROLES},
         "gemm_peak_gflops_per_s": summary.peak_gflops_per_s,
+        "gemm_peak_bf16_gflops_per_s": summary.peak_bf16_gflops_per_s,
         "confirmation": None if summary.confirmation is None else {
             "winner": summary.confirmation.winner,
             "rates": summary.confirmation.rates,
@@ -239,9 +244,16 @@ def role_figures(summary: StudySummary, role: str) -> dict[str, float] | None:
         "voxels_per_s": rate,
         "latency_per_sample_s": record["voxels_per_step"] / rate / int(record["config"].get("batch", 1)),
         "gflops_per_s": gflops,
-        "share_of_peak": gflops / summary.peak_gflops_per_s if summary.peak_gflops_per_s else None,
+        "share_of_peak": gflops / peak if (peak := _peak(summary, record["config"])) else None,
         "speedup_vs_baseline": speedup,
     }
+
+
+def _peak(summary: StudySummary, config: Mapping[str, Any]) -> float | None:
+    """The GEMM peak a configuration is measured against: bfloat16's for mixed_bfloat16, else float32's."""
+    if config.get("precision") == "mixed_bfloat16" and summary.peak_bf16_gflops_per_s:
+        return summary.peak_bf16_gflops_per_s
+    return summary.peak_gflops_per_s
 
 
 def confirmation_label(summary: StudySummary, role: str) -> str:
@@ -283,7 +295,7 @@ def knob_text(config: Mapping[str, Any], relative_to: Mapping[str, Any] | None) 
     return " ".join(f"{k}={config[k]}" for k in keys) or "(same as baseline)"
 
 
-HEADERS = ["config", "trial", "knobs (vs baseline)", "voxels/s", "latency", "GFLOP/s", "of GEMM peak",
+HEADERS = ["config", "trial", "knobs (vs baseline)", "voxels/s", "latency", "GFLOP/s", "of peak",
            "speedup"]
 
 
@@ -332,7 +344,7 @@ def report_sections(
             f"TensorFlow {host.software.get('tensorflow')}, Keras {host.software.get('keras')}, "
             f"oneDNN {host.software.get('onednn')}. ISA: "
             + (" ".join(k for k, v in host.isa.items() if v) or "-")
-            + (f"; float32 GEMM peak {summary.peak_gflops_per_s:.0f} GFLOP/s." if summary.peak_gflops_per_s else "."),
+            + _peaks_text(summary),
         ],
         headers=HEADERS,
         rows=table_rows(summary),
@@ -362,6 +374,15 @@ def report_sections(
             rows=[[str(n), o, r] for n, o, r in summary.failures],
         ))
     return sections
+
+
+def _peaks_text(summary: StudySummary) -> str:
+    if not summary.peak_gflops_per_s:
+        return ". No GEMM peak was measured (`autotune host --calibrate`)."
+    text = f"; GEMM peak {summary.peak_gflops_per_s:.0f} GFLOP/s in float32"
+    if summary.peak_bf16_gflops_per_s:
+        text += f", {summary.peak_bf16_gflops_per_s:.0f} in bfloat16"
+    return text + " (`of peak` compares each configuration with the peak of its precision)."
 
 
 def _changes(summary: StudySummary) -> Section:

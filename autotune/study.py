@@ -226,6 +226,7 @@ def _calibration(host: HostInfo, study: optuna.Study) -> Calibration | None:
             console.print(f"warning: {exc}; GFLOP/s are shown without a share of peak")
             return None
     study.set_user_attr("gemm_peak_gflops_per_s", calibration.peak_gflops_per_s)
+    study.set_user_attr("gemm_peak_bf16_gflops_per_s", calibration.bfloat16_peak_gflops_per_s)
     return calibration
 
 
