@@ -81,7 +81,9 @@ def draw(study: optuna.Study, folder: Path, speedups: Mapping[str, float]) -> Fi
             continue
         try:
             figures.html[title] = interactive(study).to_html(full_html=False, include_plotlyjs=False)
-            axes = static(study)
+            with warnings.catch_warnings():  # a knob with one value gives matplotlib an empty axis range
+                warnings.simplefilter("ignore", UserWarning)
+                axes = static(study)
             figure = _figure_of(axes)
             figure.set_size_inches(10, 5.5)
             name = _file_name(title)

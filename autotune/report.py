@@ -401,8 +401,10 @@ def _importance(figures: Figures) -> Section:
         return Section(title="Knob importance", text=[f"Not available: {why}."])
     return Section(
         title="Knob importance",
-        text=["Share of the variance of voxels/s explained by each knob (Optuna's fANOVA evaluator, "
-              "over the completed trials; knobs that only exist under a condition are left out)."],
+        text=["Share of the variance of voxels/s explained by each knob (Optuna's fANOVA evaluator over the "
+              "completed trials). Pruned and failed trials are not in it, and they are often the slow "
+              "configurations, so a knob that separates slow from fast (the layout, oneDNN) can rank low "
+              "here: read it as what mattered among the configurations that ran in full."],
         headers=["knob", "importance"],
         rows=[[k, f"{v:.2f}"] for k, v in figures.importances.items()],
         figures=["Knob importances"],
