@@ -72,6 +72,7 @@ class StudySummary:
         confirmation: The confirmation stage, when one ran.
         peak_gflops_per_s: The host's measured float32 GEMM peak, when calibrated.
         peak_bf16_gflops_per_s: Its bfloat16 GEMM peak, where measured.
+        conditions: The ``when`` conditions of conditional knobs, to show only the knobs a config uses.
     """
 
     study: str
@@ -84,6 +85,7 @@ class StudySummary:
     searched: list[str] = field(default_factory=list)
     confirmation: Confirmation | None = None
     peak_gflops_per_s: float | None = None
+    conditions: Mapping[str, Mapping[str, Sequence[Any]]] = field(default_factory=dict)
     peak_bf16_gflops_per_s: float | None = None
 
     @property
@@ -137,6 +139,7 @@ def summarize_study(
         counts=dict(counts),
         failures=failures,
         searched=space.searched(pins),
+        conditions={name: dict(knob.when) for name, knob in space.knobs.items() if knob.when},
         confirmation=confirmation,
         peak_gflops_per_s=calibration.peak_gflops_per_s if calibration else study.user_attrs.get(
             "gemm_peak_gflops_per_s"),
@@ -249,6 +252,10 @@ def role_figures(summary: StudySummary, role: str) -> dict[str, float] | None:
     }
 
 
+def _active(summary: StudySummary, knob: str, config: Mapping[str, Any]) -> bool:
+    return all(config.get(other) in values for other, values in summary.conditions.get(knob, {}).items())
+
+
 def _peak(summary: StudySummary, config: Mapping[str, Any]) -> float | None:
     """The GEMM peak a configuration is measured against: bfloat16's for mixed_bfloat16, else float32's."""
     if config.get("precision") == "mixed_bfloat16" and summary.peak_bf16_gflops_per_s:
@@ -279,7 +286,8 @@ def table_rows(summary: StudySummary) -> list[list[str]]:
             role,
             str(record["trial"]),
             knob_text(record["config"], baseline["config"]) if baseline and role != "baseline"
-            else knob_text({k: record["config"][k] for k in summary.searched if k in record["config"]}, None),
+            else knob_text({k: record["config"][k] for k in summary.searched
+                            if k in record["config"] and _active(summary, k, record["config"])}, None),
             format_rate(values["voxels_per_s"]),
             f"{values['latency_per_sample_s']:.3f} s",
             f"{values['gflops_per_s']:.1f}",
