@@ -17,41 +17,10 @@ STUDY = "fake-prune"
 COMPLETE = optuna.trial.TrialState.COMPLETE
 PRUNED = optuna.trial.TrialState.PRUNED
 
+FIXED_KNOBS = (Path(__file__).resolve().parents[1] / "data" / "fake_fixed.toml").read_text()
 # The vendor reference is 20x slower per step: far below half the baseline's throughput, so it
 # would be pruned if the driver ever asked for references.
-SLOWDOWN_SPACE = """
-[workload]
-name = "fake"
-module = "workloads.fake"
-
-[knobs.mode]
-type = "categorical"
-choices = ["infer"]
-default = "infer"
-target = "param"
-
-[knobs.data_format]
-type = "categorical"
-choices = ["channels_first", "channels_last"]
-default = "channels_last"
-target = "param"
-search = false
-
-[knobs.onednn]
-type = "bool"
-default = true
-target = "env"
-env = "TF_ENABLE_ONEDNN_OPTS"
-env_values = { true = "1", false = "0" }
-search = false
-
-[knobs.kmp_blocktime]
-type = "categorical"
-choices = ["default", "1"]
-default = "default"
-target = "env"
-env = "KMP_BLOCKTIME"
-search = false
+SLOWDOWN_SPACE = FIXED_KNOBS + """
 
 [knobs.slowdown]
 type = "categorical"

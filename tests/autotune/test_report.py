@@ -29,40 +29,9 @@ pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalW
 
 STUDY = "fake-report"
 
+FIXED_KNOBS = (Path(__file__).resolve().parents[1] / "data" / "fake_fixed.toml").read_text()
 # Search trials can crash (fault) or be 20x slower (slowdown, pruned).
-REPORT_SPACE = """
-[workload]
-name = "fake"
-module = "workloads.fake"
-
-[knobs.mode]
-type = "categorical"
-choices = ["infer"]
-default = "infer"
-target = "param"
-
-[knobs.data_format]
-type = "categorical"
-choices = ["channels_first", "channels_last"]
-default = "channels_last"
-target = "param"
-search = false
-
-[knobs.onednn]
-type = "bool"
-default = true
-target = "env"
-env = "TF_ENABLE_ONEDNN_OPTS"
-env_values = { true = "1", false = "0" }
-search = false
-
-[knobs.kmp_blocktime]
-type = "categorical"
-choices = ["default", "1"]
-default = "default"
-target = "env"
-env = "KMP_BLOCKTIME"
-search = false
+REPORT_SPACE = FIXED_KNOBS + """
 
 [knobs.fault]
 type = "categorical"
