@@ -19,7 +19,6 @@ from autotune.errors import UserError
 EXIT_USAGE = 2
 EXIT_TRIAL_FAILED = 1
 EXIT_INTERRUPTED = 130
-DEFAULT_SPACES = Path(__file__).resolve().parent.parent / "search_spaces"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -235,14 +234,11 @@ def _port(text: str) -> int:
 
 
 def _space_path(args: argparse.Namespace) -> Path:
+    from autotune.space import bundled_space
+
     if args.space is not None:
         return args.space
-    if not args.workload.replace("_", "").isalnum():
-        raise UserError(f"workload {args.workload!r} is not a plain name")
-    path = DEFAULT_SPACES / f"{args.workload}.toml"
-    if not path.exists():
-        raise UserError(f"no search space for workload {args.workload!r} ({path} not found)")
-    return path
+    return bundled_space(args.workload)
 
 
 def _data_dir(args: argparse.Namespace) -> str | None:

@@ -11,6 +11,7 @@ plain dict holding a value for every knob; nothing in a space file is evaluated 
 from __future__ import annotations
 
 import tomllib
+from importlib import resources
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -328,6 +329,26 @@ def shape_tuple(text: str) -> tuple[int, int, int]:
     """``"64"`` -> (64, 64, 64); ``"64,64,32"`` -> (64, 64, 32)."""
     sides = [int(p) for p in str(text).split(",")]
     return (sides[0],) * 3 if len(sides) == 1 else (sides[0], sides[1], sides[2])
+
+
+def bundled_space(workload: str) -> Path:
+    """The search-space file shipped for ``workload``: ``search_spaces/<workload>.toml``.
+
+    The files are package data of the ``search_spaces`` package, found through
+    :mod:`importlib.resources`, so an installed wheel finds them as a checkout does.
+
+    Raises:
+        SpaceError: ``workload`` is not a plain name, or no file ships for it.
+    """
+    if not workload.replace("_", "").isalnum():
+        raise SpaceError(f"workload {workload!r} is not a plain name")
+    folder = resources.files("search_spaces")
+    path = folder / f"{workload}.toml"
+    if not path.is_file():
+        shipped = sorted(p.name.removesuffix(".toml") for p in folder.iterdir() if p.name.endswith(".toml"))
+        raise SpaceError(f"no search space for workload {workload!r} (bundled: {', '.join(shipped) or 'none'}; "
+                         "give --space PATH for your own)")
+    return Path(str(path))
 
 
 def load_space(path: Path, facts: HostFacts) -> SearchSpace:
