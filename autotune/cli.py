@@ -23,8 +23,21 @@ EXIT_INTERRUPTED = 130
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI and return its exit status."""
+    from autotune.library_notes import collected
+
     parser = _parser()
     args = parser.parse_args(argv)
+    with collected(debug=args.debug) as notes:
+        try:
+            return _handle(args)
+        finally:
+            if notes.summary():
+                # After machine-read stdout (JSON, an exported file) the note goes to stderr.
+                stream = sys.stderr if getattr(args, "json", False) or args.command == "export" else sys.stdout
+                print(_scrub(notes.summary(), getattr(args, "storage", None)), file=stream, flush=True)
+
+
+def _handle(args: argparse.Namespace) -> int:
     try:
         return args.handler(args)
     except UserError as exc:
@@ -42,9 +55,29 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"autotune: error: {message}\n")
 
 
+USAGE_TEXT = """\
+Tune a TensorFlow/Keras job for throughput on the CPU it runs on. An Optuna study tries the runtime
+knobs (thread pools, oneDNN, data layout, precision, batch and patch, XLA, CPU pinning, allocator),
+each configuration in a fresh process, measures it after warm-up, and reports the best against the
+untuned baseline and Intel's recommended settings, with the reason it is faster."""
+
+EPILOG_TEXT = """\
+first run:
+  autotune run --workload unet3d       tune the built-in 3D U-Net (about 20 minutes on 2 cores)
+
+where results go:
+  autotune.db                          the Optuna study (SQLite, in this directory); run again to resume
+  reports/<study>/report.html          the report: baseline, vendor and best, and why (also report.md)
+  reports/<study>/best.json            the winner; deploy it with `autotune export` or `autotune exec`
+
+`autotune COMMAND --help` describes each command; `autotune dashboard` shows a study live."""
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="autotune", description=__doc__.splitlines()[0])
-    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    parser = _Parser(prog="autotune", description=USAGE_TEXT, epilog=EPILOG_TEXT,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--debug", action="store_true",
+                        help="show tracebacks for errors, and the libraries' own warnings")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = sub.add_parser("run", help="tune a workload with an Optuna study")

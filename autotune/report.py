@@ -25,7 +25,7 @@ from autotune.files import atomic_write
 from autotune.host import HostInfo
 from autotune.measure import bootstrap_ratio_ci
 from autotune.page import Section, to_html, to_markdown
-from autotune.plots import Figures, draw, plotly_js
+from autotune.plots import IMPORTANCE_METHOD, Figures, draw, plotly_js
 from autotune.protocol import SCHEMA_VERSION
 from autotune.record import FIGURES
 from autotune.space import SearchSpace
@@ -87,6 +87,7 @@ class StudySummary:
     peak_gflops_per_s: float | None = None
     conditions: Mapping[str, Mapping[str, Sequence[Any]]] = field(default_factory=dict)
     peak_bf16_gflops_per_s: float | None = None
+    metric_name: str = "throughput"
 
     @property
     def best(self) -> dict[str, Any] | None:
@@ -141,6 +142,7 @@ def summarize_study(
         searched=space.searched(pins),
         conditions={name: dict(knob.when) for name, knob in space.knobs.items() if knob.when},
         confirmation=confirmation,
+        metric_name=space.metric_name,
         peak_gflops_per_s=calibration.peak_gflops_per_s if calibration else study.user_attrs.get(
             "gemm_peak_gflops_per_s"),
         peak_bf16_gflops_per_s=calibration.bfloat16_peak_gflops_per_s if calibration else study.user_attrs.get(
@@ -407,12 +409,15 @@ def _importance(figures: Figures) -> Section:
     if not figures.importances:
         why = figures.skipped.get("Knob importances", "not computed")
         return Section(title="Knob importance", text=[f"Not available: {why}."])
+    text = [f"How much each knob's values among the best completed trials differ from its values among all "
+            f"of them ({IMPORTANCE_METHOD}). Pruned and failed trials are not in it, and they are often the slow "
+            "configurations, so a knob that separates slow from fast (the layout, oneDNN) can rank low "
+            "here: read it as what mattered among the configurations that ran in full."]
+    if figures.importance_caveats:
+        text.append("The evaluator's caveats: " + "; ".join(figures.importance_caveats) + ".")
     return Section(
         title="Knob importance",
-        text=["Share of the variance of voxels/s explained by each knob (Optuna's fANOVA evaluator over the "
-              "completed trials). Pruned and failed trials are not in it, and they are often the slow "
-              "configurations, so a knob that separates slow from fast (the layout, oneDNN) can rank low "
-              "here: read it as what mattered among the configurations that ran in full."],
+        text=text,
         headers=["knob", "importance"],
         rows=[[k, f"{v:.2f}"] for k, v in figures.importances.items()],
         figures=["Knob importances"],
@@ -482,7 +487,7 @@ def write_report(
         if values and values["speedup_vs_baseline"]:
             speedups[role] = values["speedup_vs_baseline"]
     try:
-        drawn = draw(study, report_dir, speedups if len(speedups) > 1 else {})
+        drawn = draw(study, report_dir, speedups if len(speedups) > 1 else {}, summary.metric_name)
     except UserError as exc:  # a figure could not be saved
         raise ReportError(str(exc)) from None
     sections = report_sections(summary, drawn, [*breakdown_sections(summary, report_dir), *extra])

@@ -11,9 +11,9 @@ plain dict holding a value for every knob; nothing in a space file is evaluated 
 from __future__ import annotations
 
 import tomllib
-from importlib import resources
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +27,8 @@ TARGETS = ("param", "env", "allocator", "affinity")
 HOST_FACTS = ("physical_cores", "physical_cores_per_socket", "logical_cpus", "sockets")
 REFERENCES = ("baseline", "vendor_recommended")
 UNSET = "default"
+# The figure every trial reports today is its throughput per voxel.
+DEFAULT_UNIT = "voxels/s"
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
 
@@ -204,6 +206,7 @@ class SearchSpace:
         knobs: Knobs by name, in file order (conditions refer to earlier knobs).
         references: ``baseline`` and ``vendor_recommended`` partial configs, host facts resolved.
         path: The file it was read from.
+        unit: Unit of the objective, as users read it (``[workload] unit``).
     """
 
     workload: str
@@ -211,6 +214,12 @@ class SearchSpace:
     knobs: Mapping[str, Knob]
     references: Mapping[str, Mapping[str, Any]]
     path: Path | None = None
+    unit: str = DEFAULT_UNIT
+
+    @property
+    def metric_name(self) -> str:
+        """The objective with its unit, e.g. ``throughput (voxels/s)``: Optuna's metric name and axis label."""
+        return f"throughput ({self.unit})"
 
     def configure(self, values: Mapping[str, Any], base: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Complete and validate a configuration.
@@ -374,8 +383,11 @@ def load_space(path: Path, facts: HostFacts) -> SearchSpace:
 def _build_space(data: dict[str, Any], facts: HostFacts, path: Path) -> SearchSpace:
     _only_keys(data, {"workload", "knobs", *REFERENCES}, "top level")
     workload = _table(data, "workload")
-    _only_keys(workload, {"name", "module"}, "workload")
+    _only_keys(workload, {"name", "module", "unit"}, "workload")
     name, module = workload.get("name"), workload.get("module")
+    unit = workload.get("unit", DEFAULT_UNIT)
+    if not (isinstance(unit, str) and unit.strip() and unit.isprintable() and len(unit) <= 40):
+        raise SpaceError(f"workload.unit: {unit!r} is not a short unit name such as \"voxels/s\"")
     if not (isinstance(name, str) and name.replace("_", "").isalnum()):
         raise SpaceError(f"workload.name: {name!r} is not a plain name (letters, digits, _)")
     if not (isinstance(module, str) and all(p.isidentifier() for p in module.split("."))):
@@ -387,7 +399,7 @@ def _build_space(data: dict[str, Any], facts: HostFacts, path: Path) -> SearchSp
         knobs[knob_name] = _build_knob(knob_name, table, facts, knobs)
     if not knobs:
         raise SpaceError("knobs: no knobs defined")
-    space = SearchSpace(workload=name, module=module, knobs=knobs, references={}, path=path)
+    space = SearchSpace(workload=name, module=module, knobs=knobs, references={}, path=path, unit=unit)
     references = {}
     for ref in REFERENCES:
         table = _table(data, ref)
@@ -403,7 +415,7 @@ def _build_space(data: dict[str, Any], facts: HostFacts, path: Path) -> SearchSp
             except SpaceError as exc:
                 raise SpaceError(f"{ref}.{exc}") from None
         references[ref] = resolved
-    return SearchSpace(workload=name, module=module, knobs=knobs, references=references, path=path)
+    return SearchSpace(workload=name, module=module, knobs=knobs, references=references, path=path, unit=unit)
 
 
 def _build_knob(name: str, table: dict[str, Any], facts: HostFacts, earlier: Mapping[str, Knob]) -> Knob:

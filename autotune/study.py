@@ -17,6 +17,7 @@ import os
 import socket
 import statistics
 import time
+import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -336,7 +337,7 @@ def _open_study(options: RunOptions, name: str, space: SearchSpace, pins: Mappin
     url = storage_url(options)
     with storage_errors(url):
         storage = optuna.storages.RDBStorage(url, heartbeat_interval=None)
-        return optuna.create_study(
+        study = optuna.create_study(
             study_name=name,
             storage=storage,
             direction="maximize",
@@ -344,6 +345,16 @@ def _open_study(options: RunOptions, name: str, space: SearchSpace, pins: Mappin
             pruner=BestFractionPruner() if options.prune else optuna.pruners.NopPruner(),
             load_if_exists=True,
         )
+        name_metric(study, space)
+        return study
+
+
+def name_metric(study: optuna.Study, space: SearchSpace) -> None:
+    """Name the study's objective with its unit, so dashboards say ``throughput (voxels/s)``, not ``Objective 0``."""
+    if study.metric_names != [space.metric_name]:
+        with warnings.catch_warnings():  # experimental in Optuna 5; the name is all we want from it
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names([space.metric_name])
 
 
 def redact(url: str) -> str:
