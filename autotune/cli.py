@@ -123,7 +123,7 @@ def _parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="write report.md, report.html and best.json of a study")
     report.add_argument("--study", required=True, help="study name")
     report.add_argument("--storage", help="Optuna storage URL (default: sqlite:///autotune.db here)")
-    report.add_argument("--workload", default="unet3d", help="workload name (default unet3d)")
+    report.add_argument("--workload", help="workload name (default: the study's)")
     report.add_argument("--space", type=Path, help="search-space file (default search_spaces/<workload>.toml)")
     report.add_argument("--report-dir", type=Path, help="report folder (default reports/<study>)")
     report.set_defaults(handler=_report)
@@ -131,7 +131,7 @@ def _parser() -> argparse.ArgumentParser:
     verify = sub.add_parser("verify", help="re-measure a study's winner and say whether its speedup still holds")
     verify.add_argument("--study", required=True, help="study name")
     verify.add_argument("--storage", help="Optuna storage URL (default: sqlite:///autotune.db here)")
-    verify.add_argument("--workload", default="unet3d", help="workload name (default unet3d)")
+    verify.add_argument("--workload", help="workload name (default: the study's)")
     verify.add_argument("--space", type=Path, help="search-space file (default search_spaces/<workload>.toml)")
     verify.add_argument("--repeats", type=_positive_int, default=3, help="interleaved rounds (default 3)")
     verify.add_argument("--data-dir", type=Path, help="BraTS folder (default: synthetic data in the cache)")
@@ -149,17 +149,16 @@ def _parser() -> argparse.ArgumentParser:
     host.set_defaults(handler=_host)
 
     export = sub.add_parser("export", help="write a tuned configuration for deployment")
-    export.add_argument("--study", help="study name: reads reports/<study>/best.json")
+    export.add_argument("--study", help="study name: reads the study from --storage")
     export.add_argument("--format", required=True,
                         choices=("sh", "dotenv", "json", "docker", "k8s"))
     export.add_argument("-o", "--output", type=Path, help="file to write (default: stdout)")
     export.add_argument("--config", dest="role",
                         choices=("best", "baseline", "vendor", "vendor_recommended"),
                         help="which configuration (default best)")
-    export.add_argument("--best-json", type=Path, help="the best.json to read (overrides --study)")
-    export.add_argument("--report-dir", type=Path, help="report folder holding best.json")
-    export.add_argument("--storage",
-                        help="accepted as with run; export reads the best.json that run wrote")
+    export.add_argument("--best-json", type=Path, help="a best.json to read instead of the storage")
+    export.add_argument("--report-dir", type=Path, help="a report folder whose best.json to read instead")
+    export.add_argument("--storage", help="Optuna storage URL (default: sqlite:///autotune.db here)")
     export.set_defaults(handler=_export)
 
     launch = sub.add_parser(
@@ -168,8 +167,10 @@ def _parser() -> argparse.ArgumentParser:
         "(LD_PRELOAD) applied. CMD replaces autotune, so its exit status and signals pass "
         "through. In-process knobs are in the AUTOTUNE_PARAMS variable as JSON.",
     )
-    launch.add_argument("--config", type=Path, required=True,
-                        help="a best.json, or a record from export --format json")
+    source = launch.add_mutually_exclusive_group(required=True)
+    source.add_argument("--config", type=Path, help="a best.json, or a record from export --format json")
+    source.add_argument("--study", help="a study name: its winner is read from --storage")
+    launch.add_argument("--storage", help="Optuna storage URL with --study (default: sqlite:///autotune.db here)")
     launch.add_argument("--role", choices=("best", "baseline", "vendor", "vendor_recommended"),
                         help="which configuration (default best)")
     launch.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]")
@@ -266,11 +267,16 @@ def _port(text: str) -> int:
     return value
 
 
-def _space_path(args: argparse.Namespace) -> Path:
+def _space_path(args: argparse.Namespace, study: Any = None) -> Path:
+    """``--space``; else, for a stored study, the space file it was run with if still there; else the bundled one."""
     from autotune.space import bundled_space
 
     if args.space is not None:
         return args.space
+    if study is not None:
+        stored = study.user_attrs.get("space_path")
+        if stored and Path(stored).is_file() and args.workload == study.user_attrs.get("workload"):
+            return Path(stored)
     return bundled_space(args.workload)
 
 
@@ -376,20 +382,9 @@ def _dashboard(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from autotune.export import default_best_json, load_record, render, write_file
+    from autotune.export import render, write_file
 
-    if args.best_json is not None:
-        path = args.best_json
-    elif args.study is None and args.report_dir is None:
-        raise UserError("give --study NAME (or --best-json PATH)")
-    else:
-        path = default_best_json(args.study or "", args.report_dir)
-        if not path.exists():
-            raise UserError(f"{path}: not found; run `autotune run` for this study first "
-                            "(it writes best.json), or give --best-json PATH")
-    record = load_record(path, args.role)
-    if args.study is not None and record.study != args.study:
-        raise UserError(f"{path}: holds study {record.study!r}, not {args.study!r}")
+    record = _launch_record(args, f"autotune export --study NAME --format {args.format}")
     text = render(record, args.format)
     if args.output is None or str(args.output) == "-":
         sys.stdout.write(text)
@@ -399,17 +394,43 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _launch_record(args: argparse.Namespace, usage: str) -> Any:
+    """The configuration ``export`` or ``exec`` deploys: from a file given, else from the study storage.
+
+    The storage is the source of truth: ``--study NAME`` (with ``--storage``) needs no file. A
+    best.json (``--best-json``, ``--report-dir``, exec's ``--config``) is read when one is named.
+    """
+    from autotune.export import load_record, record_from_best
+    from autotune.report import study_document
+    from autotune.study import load_existing_study
+
+    path = getattr(args, "best_json", None) or getattr(args, "config", None)
+    if path is None and getattr(args, "report_dir", None) is not None:
+        path = args.report_dir / "best.json"
+    if path is not None:
+        record = load_record(path, args.role)
+        if args.study is not None and record.study != args.study:
+            raise UserError(f"{path}: holds study {record.study!r}, not {args.study!r}")
+        return record
+    if args.study is None:
+        raise UserError(f"give --study NAME (or a best.json): {usage}")
+    study = load_existing_study(args.storage, args.study)
+    from autotune.export import resolve_role
+
+    return record_from_best(study_document(study), resolve_role(args.role or "best"), source=f"study {args.study}")
+
+
 def _exec(args: argparse.Namespace) -> int:
-    from autotune.export import load_record
     from autotune.launcher import CommandError, exec_record
 
     if not args.argv or args.argv[0] != "--":
         raise UserError("put the command after --: autotune exec --config FILE -- CMD [ARGS...]")
     if len(args.argv) == 1:
         raise UserError("no command after --")
-    record = load_record(args.config, args.role)
+    record = _launch_record(args, "autotune exec --study NAME -- CMD")
+    where = f"{args.config}: {record.role}" if args.config else f"study {args.study}: {record.role}"
     try:
-        exec_record(record, args.argv[1:], where=f"{args.config}: {record.role}")
+        exec_record(record, args.argv[1:], where=where)
     except CommandError as exc:
         print(f"autotune: error: {_one_line(exc)}", file=sys.stderr)
         return exc.status
@@ -423,9 +444,10 @@ def _verify(args: argparse.Namespace) -> int:
     from autotune.study import load_existing_study
     from autotune.verify import verify
 
-    host = probe_host(software=False)
-    space = load_space(_space_path(args), HostFacts.of(host))
     study = load_existing_study(args.storage, args.study)
+    args.workload = args.workload or study.user_attrs.get("workload", "unet3d")
+    host = probe_host(software=False)
+    space = load_space(_space_path(args, study), HostFacts.of(host))
     recorded = study.user_attrs.get("host_fingerprint")
     if recorded not in (None, host.fingerprint) and not args.allow_mixed_hosts:
         raise UserError(f"study {args.study!r} was recorded on host {recorded}, this host is {host.fingerprint}; "
@@ -457,18 +479,15 @@ def _verify(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from autotune.calibrate import load_calibration
     from autotune.console import console
-    from autotune.host import HostInfo, probe_host
-    from autotune.report import summarize_study, write_report
+    from autotune.host import probe_host
+    from autotune.report import stored_host, summarize_study, write_report
     from autotune.space import HostFacts, load_space
     from autotune.study import load_existing_study
 
     study = load_existing_study(args.storage, args.study)
-    stored = study.user_attrs.get("host")
-    try:
-        host = HostInfo.from_dict(stored) if stored else probe_host(software=False)
-    except (KeyError, TypeError, ValueError):
-        raise UserError(f"study {args.study!r} holds an unreadable host record") from None
-    space = load_space(_space_path(args), HostFacts.of(host))
+    args.workload = args.workload or study.user_attrs.get("workload", "unet3d")
+    host = stored_host(study) or probe_host(software=False)
+    space = load_space(_space_path(args, study), HostFacts.of(host))
     report_dir = args.report_dir or Path("reports") / args.study
     write_report(summarize_study(study, space, host, load_calibration(host)), study, report_dir)
     console.print(f"wrote {report_dir / 'report.md'}, {report_dir / 'report.html'} and {report_dir / 'best.json'}")
@@ -489,7 +508,7 @@ def _profile(args: argparse.Namespace) -> int:
     study = load_existing_study(args.storage, args.study)
     args.workload = args.workload or study.user_attrs.get("workload", "unet3d")
     host = probe_host(software=True)
-    space = load_space(_space_path(args), HostFacts.of(host))
+    space = load_space(_space_path(args, study), HostFacts.of(host))
     stored = op_profile.load_study_config(study, args.which, space, host)
     report_dir = args.report_dir or Path("reports") / args.study
     data_dir = _data_dir(args)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import ipaddress
 import socket
 import sys
-from pathlib import Path
 from socketserver import ThreadingMixIn
 from typing import Any, TextIO
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
@@ -71,7 +70,9 @@ def open_storage(url: str, shown: str | None = None) -> Any:
     import optuna
 
     shown = shown or url
-    path = _sqlite_path(url)
+    from autotune.study import sqlite_file
+
+    path = sqlite_file(url)
     if path is not None and not path.is_file():
         raise UserError(f"no study storage at {path}: run `autotune run` first, or give --storage")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -101,14 +102,6 @@ def _is_loopback(host: str) -> bool:
     except OSError:
         return False
     return bool(addresses) and all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addresses)
-
-
-def _sqlite_path(url: str) -> Path | None:
-    prefix, sep, rest = url.partition("://")
-    if not sep or not prefix.startswith("sqlite"):
-        return None
-    database = rest[1:] if rest.startswith("/") else rest  # sqlite:///rel.db, sqlite:////abs.db
-    return Path(database.split("?", 1)[0] or ":memory:")
 
 
 def _study_names(storage: Any, shown: str) -> list[str]:

@@ -103,11 +103,6 @@ def resolve_role(name: str) -> str:
         raise UserError(f"unknown configuration {name!r} (choose from {choices})") from None
 
 
-def default_best_json(study: str, report_dir: Path | None = None) -> Path:
-    """Where ``autotune run`` writes a study's ``best.json``: ``reports/<study>/best.json``."""
-    return (report_dir or Path("reports") / study) / "best.json"
-
-
 def load_record(path: Path, role: str | None = None) -> LaunchRecord:
     """Read one configuration from a ``best.json`` or from an exported JSON record.
 

@@ -96,12 +96,14 @@ class StudySummary:
 
 
 def summarize_study(
-    study: optuna.Study, space: SearchSpace, host: HostInfo, calibration: Calibration | None = None
+    study: optuna.Study, space: SearchSpace | None, host: HostInfo, calibration: Calibration | None = None
 ) -> StudySummary:
     """Summarize a stored study.
 
     When the study holds a confirmation stage, its winner is the best configuration and the speedups
     are its paired ratios; otherwise the fastest search trial is, with unpaired bootstrap intervals.
+    Without ``space`` (reading a study whose space file is not at hand) the configurations and figures
+    are the same; only which knobs were searched, and their conditions, are unknown.
     """
     trials = study.get_trials(deepcopy=False)
     ok = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE and "repeat_of" not in t.user_attrs]
@@ -133,21 +135,51 @@ def summarize_study(
     pins = study.user_attrs.get("pins", {})
     return StudySummary(
         study=study.study_name,
-        workload=space.workload,
+        workload=space.workload if space else str(study.user_attrs.get("workload", "")),
         host=host,
         configs=configs,
         speedups=speedups,
         counts=dict(counts),
         failures=failures,
-        searched=space.searched(pins),
-        conditions={name: dict(knob.when) for name, knob in space.knobs.items() if knob.when},
+        searched=space.searched(pins) if space else [],
+        conditions={name: dict(knob.when) for name, knob in space.knobs.items() if knob.when} if space else {},
         confirmation=confirmation,
-        metric_name=space.metric_name,
+        metric_name=space.metric_name if space else (study.metric_names or ["throughput"])[0],
         peak_gflops_per_s=calibration.peak_gflops_per_s if calibration else study.user_attrs.get(
             "gemm_peak_gflops_per_s"),
         peak_bf16_gflops_per_s=calibration.bfloat16_peak_gflops_per_s if calibration else study.user_attrs.get(
             "gemm_peak_bf16_gflops_per_s"),
     )
+
+
+def stored_host(study: optuna.Study) -> HostInfo | None:
+    """The host record the study was started on, or None when it holds none.
+
+    Raises:
+        UserError: The record is there but unreadable.
+    """
+    stored = study.user_attrs.get("host")
+    if not stored:
+        return None
+    try:
+        return HostInfo.from_dict(stored)
+    except (KeyError, TypeError, ValueError):
+        raise UserError(f"study {study.study_name!r} holds an unreadable host record") from None
+
+
+def study_document(study: optuna.Study) -> dict[str, Any]:
+    """The ``best.json`` document of a stored study, from the storage alone (no file, no space file).
+
+    The storage is the source of truth: ``export``, ``exec --study`` and ``verify`` read this, and
+    ``best.json`` is the same document written out.
+
+    Raises:
+        UserError: The study holds no host record (no run ever started measuring in it).
+    """
+    host = stored_host(study)
+    if host is None:
+        raise UserError(f"study {study.study_name!r} holds no host record: no `autotune run` measured in it yet")
+    return best_document(summarize_study(study, None, host))
 
 
 def _confirmation(study: optuna.Study) -> Confirmation | None:

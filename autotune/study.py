@@ -268,6 +268,9 @@ def load_existing_study(storage: str | None, name: str) -> optuna.Study:
         UserError: The storage cannot be opened or has no such study.
     """
     url = storage or DEFAULT_STORAGE
+    path = sqlite_file(url)
+    if path is not None and not path.is_file():
+        raise UserError(f"no study storage at {path}: run `autotune run` first, or give --storage")
     with storage_errors(url):
         storage_ = optuna.storages.RDBStorage(url, heartbeat_interval=None, skip_table_creation=False)
         names = [s.study_name for s in storage_.get_all_studies()]
@@ -275,6 +278,15 @@ def load_existing_study(storage: str | None, name: str) -> optuna.Study:
             shown = ", ".join(names) or "none"
             raise UserError(f"no study {name!r} in {redact(url)} (studies: {shown})")
         return optuna.load_study(study_name=name, storage=storage_)
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The database file of a ``sqlite://`` storage URL, or None for any other storage."""
+    prefix, sep, rest = url.partition("://")
+    if not sep or not prefix.startswith("sqlite"):
+        return None
+    database = rest[1:] if rest.startswith("/") else rest  # sqlite:///rel.db, sqlite:////abs.db
+    return Path(database.split("?", 1)[0] or ":memory:")
 
 
 @contextlib.contextmanager
@@ -430,6 +442,8 @@ def _check_pins(study: optuna.Study, space: SearchSpace, pins: Mapping[str, Any]
     if recorded is None:
         study.set_user_attr("pins", wanted)
         study.set_user_attr("workload", space.workload)
+        if space.path is not None:
+            study.set_user_attr("space_path", str(Path(space.path).resolve()))
     elif recorded != wanted:
         shown = " ".join(f"--set {k}={v}" for k, v in recorded.items()) or "no --set"
         raise UserError(f"study {study.study_name!r} was started with {shown}; use the same or another --study")

@@ -420,18 +420,52 @@ def test_write_file_is_atomic_and_keeps_permissions(tmp_path: Path) -> None:
         write_file(tmp_path / "missing" / "x.sh", "x")
 
 
-def test_cli_export_reads_the_study_report_by_default(tmp_path: Path) -> None:
-    write_best(
-        tmp_path / "reports" / STUDY, entry({"A": "1"}), vendor_recommended=entry({"V": "2"})
-    )
+FAKE = Path(__file__).resolve().parents[1] / "data" / "fake.toml"
 
-    done = autotune(
-        ["export", "--study", STUDY, "--format", "json", "--config", "vendor"], tmp_path
-    )
+
+@pytest.fixture(scope="module")
+def stored_study(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """A small fake study in SQLite whose report folder was deleted afterwards: only the storage is left."""
+    where = tmp_path_factory.mktemp("stored")
+    url = f"sqlite:///{where / 'study.db'}"
+    done = autotune(["run", "--workload", "fake", "--space", str(FAKE), "--storage", url, "--study", "s",
+                     "--trials", "4", "--seed", "1", "--set", "step_seconds=0.002", "--confirm-repeats", "1",
+                     "--confirm-top", "1", "--report-dir", str(where / "report")], where)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    shutil.rmtree(where / "report")
+    return where, url
+
+
+def test_cli_export_reads_the_study_from_the_storage(stored_study: tuple[Path, str], tmp_path: Path) -> None:
+    where, url = stored_study
+
+    done = autotune(["export", "--study", "s", "--storage", url, "--format", "json", "--config", "vendor"], tmp_path)
 
     assert done.returncode == 0, done.stderr
     document = json.loads(done.stdout)
-    assert document["role"] == "vendor_recommended" and document["env"] == {"V": "2"}
+    assert document["study"] == "s" and document["role"] == "vendor_recommended"
+    assert document["env"]["TF_ENABLE_ONEDNN_OPTS"] == "1"
+    assert not (where / "report").exists() and not (tmp_path / "reports").exists()
+
+
+def test_cli_exec_runs_the_study_winner_from_the_storage(stored_study: tuple[Path, str], tmp_path: Path) -> None:
+    _, url = stored_study
+    best = json.loads(autotune(["export", "--study", "s", "--storage", url, "--format", "json"], tmp_path).stdout)
+
+    done = autotune(["exec", "--study", "s", "--storage", url, "--", sys.executable, "-c",
+                     "import os; print(os.environ['AUTOTUNE_PARAMS'])"], tmp_path)
+
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == best["params"]
+
+
+def test_cli_verify_needs_only_the_storage(stored_study: tuple[Path, str], tmp_path: Path) -> None:
+    _, url = stored_study
+
+    done = autotune(["verify", "--study", "s", "--storage", url, "--repeats", "1"], tmp_path)
+
+    assert done.returncode in (0, 1), done.stderr
+    assert "winner throughput" in done.stdout and done.stderr == ""
 
 
 def test_cli_export_writes_the_file(tmp_path: Path) -> None:
@@ -450,7 +484,7 @@ def test_cli_export_writes_the_file(tmp_path: Path) -> None:
     [
         (
             ["--study", "nothing-here", "--format", "sh"],
-            "reports/nothing-here/best.json: not found; run `autotune run`",
+            "no study storage at autotune.db: run `autotune run` first, or give --storage",
         ),
         (["--format", "sh"], "give --study NAME"),
         (
