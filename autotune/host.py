@@ -58,8 +58,13 @@ NOT_PROBED = "not probed"  # probe_host(software=False)
 ALLOCATOR_LIBS = {
     "jemalloc": ("libjemalloc.so",),
     "tcmalloc": ("libtcmalloc.so", "libtcmalloc_minimal.so"),
+    "mimalloc": ("libmimalloc.so",),
 }
 LIB_DIRS = ("usr/lib/x86_64-linux-gnu", "usr/lib64", "usr/lib", "usr/local/lib")
+# Allocators shipped inside Python packages: name -> (distribution, library file). mimalloc comes with
+# autotune through the cmeel-mimalloc wheel (about 2 MB installed), so a fresh machine has a choice
+# besides the system allocator; a system copy (Debian's libmimalloc2.0) is preferred when present.
+PACKAGED_ALLOCATORS = {"mimalloc": ("cmeel-mimalloc", "libmimalloc.so")}
 
 _GIB = 1 << 30
 _CPU_DIR = "sys/devices/system/cpu"
@@ -355,12 +360,13 @@ def format_cpu_list(cpus: Iterable[int]) -> str:
 
 
 def find_allocators(root: str | os.PathLike[str] = "/") -> dict[str, str]:
-    """Find a 64-bit jemalloc and tcmalloc shared library to preload.
+    """Find a 64-bit jemalloc, tcmalloc and mimalloc shared library to preload.
 
-    Looks at ``ldconfig -p`` (only when ``root`` is ``/``) and then :data:`LIB_DIRS` under ``root``.
+    Looks at ``ldconfig -p`` (only when ``root`` is ``/``), then :data:`LIB_DIRS` under ``root``, then
+    (only when ``root`` is ``/``) the installed packages of :data:`PACKAGED_ALLOCATORS`.
 
     Returns:
-        ``{"jemalloc": path, "tcmalloc": path}``, each present only when found.
+        ``{"jemalloc": path, "tcmalloc": path, "mimalloc": path}``, each present only when found.
     """
     candidates = _ldconfig_libraries() if Path(root) == Path("/") else []
     for lib_dir in LIB_DIRS:
@@ -370,6 +376,25 @@ def find_allocators(root: str | os.PathLike[str] = "/") -> dict[str, str]:
         for path in _preferred(candidates, prefixes):
             if _is_elf64(path):
                 found[name] = os.path.abspath(path)
+                break
+    if Path(root) == Path("/"):
+        for name, path in packaged_allocators().items():
+            found.setdefault(name, path)
+    return found
+
+
+def packaged_allocators() -> dict[str, str]:
+    """Allocator libraries that installed Python packages ship (:data:`PACKAGED_ALLOCATORS`), by name."""
+    found = {}
+    for name, (distribution, library) in PACKAGED_ALLOCATORS.items():
+        try:
+            installed = metadata.distribution(distribution)
+        except metadata.PackageNotFoundError:
+            continue
+        for file in installed.files or ():
+            path = Path(str(installed.locate_file(file))).resolve()
+            if file.name == library and _is_elf64(path):
+                found[name] = str(path)
                 break
     return found
 

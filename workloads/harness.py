@@ -156,7 +156,7 @@ def observed_environment() -> dict[str, Any]:
 
 def loaded_runtimes() -> dict[str, str | None]:
     """Paths of the OpenMP runtime and allocator libraries mapped into this process, if any."""
-    wanted = {"openmp": ("libiomp5", "libgomp", "libomp"), "allocator": ("jemalloc", "tcmalloc")}
+    wanted = {"openmp": ("libiomp5", "libgomp", "libomp"), "allocator": ("jemalloc", "tcmalloc", "mimalloc")}
     found: dict[str, str | None] = dict.fromkeys(wanted)
     try:
         maps = Path("/proc/self/maps").read_text().splitlines()

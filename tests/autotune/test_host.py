@@ -21,6 +21,7 @@ from autotune.host import (
     cpus_for_cores,
     find_allocators,
     format_cpu_list,
+    packaged_allocators,
     parse_cpu_list,
     probe_host,
     read_cpuinfo,
@@ -263,3 +264,20 @@ def test_cpus_for_cores_prefers_one_numa_node(tree: Path) -> None:
     assert cpus_for_cores(host, 2) == [2, 3]
     assert cpus_for_cores(host, 3) == [0, 2, 3]
     assert cpus_for_cores(host, 5) == [0, 2, 3, 4, 5]
+
+
+def test_mimalloc_is_found_from_its_installed_package() -> None:
+    found = packaged_allocators()
+
+    assert set(found) == {"mimalloc"}, "cmeel-mimalloc is a dependency: a fresh install has mimalloc"
+    assert Path(found["mimalloc"]).name == "libmimalloc.so" and Path(found["mimalloc"]).is_file()
+    assert find_allocators()["mimalloc"] in (found["mimalloc"], *(p for p in _system_mimalloc()))
+
+
+def test_packaged_allocators_are_not_looked_for_under_another_root(tmp_path: Path) -> None:
+    assert "mimalloc" not in find_allocators(tmp_path)
+
+
+def _system_mimalloc() -> list[str]:
+    return [str(p) for d in ("/usr/lib/x86_64-linux-gnu", "/usr/lib64", "/usr/lib", "/usr/local/lib")
+            for p in Path(d).glob("libmimalloc.so*")]

@@ -123,3 +123,11 @@ def test_settings_defaults_are_the_reference():
     s = settings_from({})
     assert s.patch == (128, 128, 128) and s.batch == 1 and s.layout == "cf_keras"
     assert settings_from({"patch": "64,64,32", "depth": 5}).patch == (64, 64, 32)
+
+
+@pytest.mark.tf
+def test_the_packaged_mimalloc_runs_under_tensorflow(cache):
+    done, record = bench([*TINY, "allocator=mimalloc", "data_format=channels_last"], cache)
+    assert done.returncode == 0, done.stderr
+    assert record["outcome"] == "ok"
+    assert "mimalloc" in record["effective"]["loaded_runtimes"]["allocator"]
