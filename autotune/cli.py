@@ -349,9 +349,10 @@ def _run(args: argparse.Namespace) -> int:
     from autotune.study import RunOptions, run_study
 
     # Check what the user gave first: the software probe (a TensorFlow import in a subprocess) takes
-    # seconds, and the space does not depend on it.
-    _, space, pins = _setup(args, software=False)
+    # seconds, and neither the space nor the workload's own check depends on it.
+    quick_host, space, pins = _setup(args, software=False)
     data_dir = _data_dir(args)
+    _check_inputs(args, space, pins, quick_host, data_dir)
     host = probe_host(software=True)
     options = RunOptions(
         trials=args.trials,
@@ -373,6 +374,22 @@ def _run(args: argparse.Namespace) -> int:
         wait_for_cores=args.wait,
     )
     return run_study(options, host, space, pins)
+
+
+def _check_inputs(args: argparse.Namespace, space: Any, pins: dict[str, Any], host: Any, data_dir: str | None) -> None:
+    """The workload's check of the pinned values and its inputs, before any trial is stored (exit 2 if bad)."""
+    from autotune.console import console
+    from autotune.launch import default_memory_cap_mb
+    from autotune.preflight import check_inputs, reference_configs
+
+    with console.status(f"checking the {space.workload} workload's input..."):
+        found = check_inputs(space, reference_configs(space, pins), host, data_dir=data_dir,
+                             memory_cap_mb=args.memory_cap or default_memory_cap_mb(host))
+    data = next((f["data"] for f in found if isinstance(f.get("data"), dict)), None)
+    if data:
+        console.print(f"input checked: {data.get('cases')} cases in {data.get('folder')} "
+                      f"({data.get('read')} read, {data.get('cached')} unchanged since the last check; "
+                      f"{data.get('seconds', 0):.1f} s)")
 
 
 def _dashboard(args: argparse.Namespace) -> int:

@@ -10,6 +10,11 @@ that process. The child prints protocol messages on stdout, one per line, each a
 * ``{"kind": "result", ...}`` last, the :class:`TrialResult` record;
 * ``{"kind": "error", "message": ...}`` instead of a result when the trial's input is bad.
 
+Started with ``--check`` as well, the child measures nothing: it validates the config's values and the
+inputs they name (a data folder, a model file), then prints ``{"kind": "checked", ...}`` (what it
+found) and exits 0, or an ``error`` message and exits 2. The driver runs this once for the reference
+configurations before a study stores any trial, so bad input is one line and exit status 2.
+
 Anything else on stdout is ignored, so libraries that print do not break the protocol. This module
 imports nothing heavy: the driver and the workloads both use it.
 """

@@ -62,6 +62,7 @@ class TrialSpec:
         timeout_s: Wall-clock limit for the whole child, start-up included.
         memory_cap_mb: Limit on the resident memory of the child and its descendants.
         python: Interpreter that runs the child.
+        check: Run the workload's check mode (``--check``) instead of a measurement.
     """
 
     module: str
@@ -71,6 +72,7 @@ class TrialSpec:
     timeout_s: float = 600.0
     memory_cap_mb: float | None = None
     python: str = sys.executable
+    check: bool = False
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,7 @@ class TrialOutcome:
         returncode: The child's exit status (negative: killed by that signal).
         peak_rss_mb: Peak resident memory of the process tree the runner saw.
         stderr_tail: The last characters of the child's stderr.
+        checked: What a check-mode child reported (its ``checked`` message), else None.
     """
 
     outcome: Outcome
@@ -98,6 +101,7 @@ class TrialOutcome:
     returncode: int | None = None
     peak_rss_mb: float = 0.0
     stderr_tail: str = ""
+    checked: Mapping[str, Any] | None = None
 
 
 class TrialRunner:
@@ -138,6 +142,7 @@ class _Execution:
         self.peak_rss_mb = 0.0
         self.setup: dict[str, Any] = {}
         self.result_at = 0.0
+        self.checked: dict[str, Any] | None = None
 
     def run(self) -> TrialOutcome:
         config_path = self.workdir / "config.json"
@@ -147,7 +152,8 @@ class _Execution:
         with open(stderr_path, "wb") as stderr:
             try:
                 proc = subprocess.Popen(
-                    [self.spec.python, "-m", self.spec.module, "--config", str(config_path)],
+                    [self.spec.python, "-m", self.spec.module, "--config", str(config_path),
+                     *(["--check"] if self.spec.check else [])],
                     stdin=subprocess.DEVNULL,
                     stdout=subprocess.PIPE,
                     stderr=stderr,
@@ -235,6 +241,8 @@ class _Execution:
                 self.bad_output = str(exc)
         elif kind == "error":
             self.error = str(message.get("message", "bad input"))
+        elif kind == "checked":
+            self.checked = {k: v for k, v in message.items() if k != "kind"}
         return None
 
     def _check_memory(self, proc: subprocess.Popen[bytes]) -> tuple[Outcome, str] | None:
@@ -260,6 +268,8 @@ class _Execution:
             return TrialOutcome(stop[0], reason=stop[1], **common)
         if self.error is not None:
             return TrialOutcome(Outcome.BAD_INPUT, reason=self.error, **common)
+        if self.spec.check and self.checked is not None and returncode == 0:
+            return TrialOutcome(Outcome.OK, checked=self.checked, **common)
         if self.result is not None and self.bad_output is None:
             # The result is the trial's final record; a hang or crash at interpreter exit after it
             # (TensorFlow's shutdown is not always clean) does not undo the measurement.

@@ -170,12 +170,18 @@ def loaded_runtimes() -> dict[str, str | None]:
     return found
 
 
-def main(workload: str, run: Callable[[dict[str, Any], Reporter], TrialResult]) -> int:
-    """Process entry point of a workload: ``python -m workloads.<name> --config FILE``.
+def main(
+    workload: str,
+    run: Callable[[dict[str, Any], Reporter], TrialResult],
+    check: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+) -> int:
+    """Process entry point of a workload: ``python -m workloads.<name> --config FILE [--check]``.
 
     Args:
         workload: The workload's name, checked against the config.
         run: Runs the trial and returns its result record.
+        check: With ``--check``, validates the config's values and the inputs without measuring and
+            returns what it found (sent as the ``checked`` message); None checks the config alone.
 
     Returns:
         The exit status: 0 on success, 2 on bad input. Other failures raise, so the driver sees
@@ -183,6 +189,7 @@ def main(workload: str, run: Callable[[dict[str, Any], Reporter], TrialResult]) 
     """
     parser = argparse.ArgumentParser(prog=f"python -m workloads.{workload}")
     parser.add_argument("--config", required=True, help="trial config JSON file")
+    parser.add_argument("--check", action="store_true", help="check the config and inputs, measure nothing")
     args = parser.parse_args()
     reporter = Reporter()
     try:
@@ -193,6 +200,9 @@ def main(workload: str, run: Callable[[dict[str, Any], Reporter], TrialResult]) 
         reporter.emit("error", message=one_line(exc))
         return EXIT_BAD_INPUT
     try:
+        if args.check:
+            reporter.emit("checked", **(check(dict(config.params)) if check else {}))
+            return 0
         result = run(dict(config.params), reporter)
     except BadInput as exc:
         reporter.emit("error", message=one_line(exc))

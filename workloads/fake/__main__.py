@@ -1,6 +1,6 @@
-"""Entry point: ``python -m workloads.fake --config FILE``."""
+"""Entry point: ``python -m workloads.fake --config FILE [--check]``."""
 
-from workloads.fake.trial import run
+from workloads.fake.trial import check, run
 from workloads.harness import main
 
-raise SystemExit(main("fake", run))
+raise SystemExit(main("fake", run, check))

@@ -37,13 +37,24 @@ def step_cost(params: dict[str, Any], env: dict[str, str], n_cpus: int) -> float
     return cost
 
 
-def run(params: dict[str, Any], reporter: Reporter) -> TrialResult:
-    """Run one fake trial, possibly failing as the ``fault`` knob says."""
+def check(params: dict[str, Any]) -> dict[str, Any]:
+    """What the fake workload can tell of its input before a trial: the ``fault`` knob's value.
+
+    Raises:
+        BadInput: An unknown fault, or the ``bad_input`` fault.
+    """
     fault = params.get("fault", "none")
     if fault not in FAULTS:
         raise BadInput(f"unknown fault {fault!r}; choose one of {', '.join(FAULTS)}")
     if fault == "bad_input":
         raise BadInput("the fake workload was told its input is bad")
+    return {}
+
+
+def run(params: dict[str, Any], reporter: Reporter) -> TrialResult:
+    """Run one fake trial, possibly failing as the ``fault`` knob says."""
+    check(params)
+    fault = params.get("fault", "none")
     cpus = len(os.sched_getaffinity(0))
     base = float(params.get("step_seconds", 0.01)) * step_cost(params, dict(os.environ), cpus)
     noise = float(params.get("noise", 0.0))

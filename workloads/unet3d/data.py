@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import tempfile
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -33,6 +34,7 @@ __all__ = [
     "BRATS_SHAPE",
     "LABELS",
     "MODALITIES",
+    "CaseVolumes",
     "DataError",
     "default_cache_dir",
     "ensure_synthetic_brats",
@@ -41,6 +43,7 @@ __all__ = [
     "generate_synthetic_brats",
     "load_case",
     "make_batches",
+    "read_case",
 ]
 
 MODALITIES = ("t1", "t1ce", "flair", "t2")
@@ -457,6 +460,76 @@ def _resample(volume: np.ndarray, shape: tuple[int, int, int], order: int) -> np
     return out
 
 
+@dataclass(frozen=True)
+class CaseVolumes:
+    """The volumes of one case as stored, checked but not yet cropped or resampled.
+
+    Attributes:
+        paths: Modality -> its file, and ``"seg"`` -> the segmentation when it was read.
+        volumes: One 3-D array per modality, in :data:`MODALITIES` order, all of one shape.
+        brain: Voxels non-zero in any modality.
+        seg: The segmentation (only 0, 1, 2, 4), or None when it was not read.
+    """
+
+    paths: dict[str, Path]
+    volumes: list[np.ndarray]
+    brain: np.ndarray
+    seg: np.ndarray | None
+
+
+def read_case(case_dir: Path, *, with_labels: bool = True) -> CaseVolumes:
+    """Read every volume of one case once and check it: what a trial needs to load it without surprise.
+
+    Raises:
+        DataError: A file is missing, unreadable, corrupt, truncated, not 3-D, of another shape than the
+            case's other volumes; the brain is empty or a modality constant over it; the segmentation
+            holds unknown labels.
+    """
+    case_dir = Path(case_dir)
+    if not case_dir.is_dir():
+        raise DataError(case_dir, "case folder not found")
+    paths = {modality: _find_volume(case_dir, modality) for modality in MODALITIES}
+    if with_labels:
+        paths[_SEG] = _find_volume(case_dir, _SEG)
+
+    volumes: list[np.ndarray] = []
+    for modality in MODALITIES:
+        volume = _read_volume(paths[modality])
+        if volumes and volume.shape != volumes[0].shape:
+            raise DataError(
+                paths[modality],
+                f"shape {volume.shape} differs from {volumes[0].shape} of {paths['t1'].name}",
+            )
+        volumes.append(volume)
+
+    brain = volumes[0] != 0
+    for volume in volumes[1:]:
+        brain |= volume != 0
+    if not brain.any():
+        names = ", ".join(paths[m].name for m in MODALITIES)
+        raise DataError(case_dir, f"empty brain: every modality is all zeros ({names})")
+    for modality, volume in zip(MODALITIES, volumes, strict=True):
+        values = volume[brain]
+        if values.min() == values.max():
+            raise DataError(paths[modality], f"constant over the brain (value {values[0]:g})")
+
+    seg = None
+    if with_labels:
+        seg = _read_volume(paths[_SEG])
+        if seg.shape != volumes[0].shape:
+            raise DataError(
+                paths[_SEG], f"shape {seg.shape} differs from {volumes[0].shape} of {paths['t1'].name}"
+            )
+        unknown = np.ones(seg.shape, dtype=bool)
+        for label in _ALLOWED_LABELS:
+            unknown &= seg != label
+        if unknown.any():
+            values = np.unique(seg[unknown])
+            shown = ", ".join(f"{v:g}" for v in values[:8]) + (", ..." if len(values) > 8 else "")
+            raise DataError(paths[_SEG], f"unknown label values {shown} (expected 0, 1, 2, 4)")
+    return CaseVolumes(paths=paths, volumes=volumes, brain=brain, seg=seg)
+
+
 def load_case(
     case_dir: Path,
     image_shape: tuple[int, int, int] = (128, 128, 128),
@@ -489,40 +562,15 @@ def load_case(
         ValueError: If ``image_shape`` is invalid.
     """
     image_shape = _check_shape(image_shape, "image_shape")
-    case_dir = Path(case_dir)
-    if not case_dir.is_dir():
-        raise DataError(case_dir, "case folder not found")
-    paths = {modality: _find_volume(case_dir, modality) for modality in MODALITIES}
-    seg_path = _find_volume(case_dir, _SEG) if with_labels else None
-
-    volumes = []
-    for modality in MODALITIES:
-        volume = _read_volume(paths[modality])
-        if volumes and volume.shape != volumes[0].shape:
-            raise DataError(
-                paths[modality],
-                f"shape {volume.shape} differs from {volumes[0].shape} of {paths['t1'].name}",
-            )
-        volumes.append(volume)
-    reference_shape = volumes[0].shape
-
-    brain = volumes[0] != 0
-    for volume in volumes[1:]:
-        brain |= volume != 0
-    if not brain.any():
-        names = ", ".join(path.name for path in paths.values())
-        raise DataError(case_dir, f"empty brain: every modality is all zeros ({names})")
-    box = _brain_box(brain)
-    brain = brain[box]
+    case = read_case(case_dir, with_labels=with_labels)
+    paths, volumes = case.paths, case.volumes
+    box = _brain_box(case.brain)
+    brain = case.brain[box]
 
     image = np.empty((len(MODALITIES), *image_shape), dtype=np.float32)
-    for channel, (modality, volume) in enumerate(zip(MODALITIES, volumes, strict=True)):
-        cropped = volume[box].astype(np.float32)
-        values = cropped[brain]
-        if values.min() == values.max():
-            raise DataError(paths[modality], f"constant over the brain (value {values[0]:g})")
-        image[channel] = _resample(cropped, image_shape, order=1)
-    del volumes, cropped, values
+    for channel, volume in enumerate(volumes):
+        image[channel] = _resample(volume[box].astype(np.float32), image_shape, order=1)
+    del volumes
     # Statistics over the brain of the resampled image, so that the output is exactly
     # standardised there.
     brain = (image != 0).any(axis=0)
@@ -536,21 +584,9 @@ def load_case(
         image[channel] /= std
         image[channel] *= brain
 
-    if seg_path is None:
+    if case.seg is None:
         return image, None
-    seg = _read_volume(seg_path)
-    if seg.shape != reference_shape:
-        raise DataError(
-            seg_path, f"shape {seg.shape} differs from {reference_shape} of {paths['t1'].name}"
-        )
-    unknown = np.ones(seg.shape, dtype=bool)
-    for label in _ALLOWED_LABELS:
-        unknown &= seg != label
-    if unknown.any():
-        values = np.unique(seg[unknown])
-        shown = ", ".join(f"{v:g}" for v in values[:8]) + (", ..." if len(values) > 8 else "")
-        raise DataError(seg_path, f"unknown label values {shown} (expected 0, 1, 2, 4)")
-    label_map = _resample(seg[box].astype(np.uint8), image_shape, order=0)
+    label_map = _resample(case.seg[box].astype(np.uint8), image_shape, order=0)
     labels = np.stack([label_map == label for label in LABELS]).astype(np.float32)
     return image, labels
 

@@ -7,6 +7,7 @@ step, so the timed steps measure the model alone.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from dataclasses import dataclass
@@ -132,6 +133,28 @@ def _seconds(value: Any) -> float:
     if not 0 <= seconds < math.inf:
         raise BadInput(f"trial_seconds {value!r} must be 0 (off) or a positive number")
     return seconds
+
+
+def check(params: dict[str, Any]) -> dict[str, Any]:
+    """Check a trial's in-process knobs and its whole data folder without building a model.
+
+    What the driver runs once before a study (``--check``), so that bad input is one line and exit 2
+    before any trial is stored. It imports no TensorFlow.
+
+    Raises:
+        BadInput: A knob value the network cannot run with, or a bad data file (named).
+    """
+    from workloads.unet3d.data import DataError
+    from workloads.unet3d.data_check import check_dataset
+
+    params = dict(params)
+    params.pop("profile_dir", None)
+    s = settings_from(params)
+    try:
+        found = check_dataset(s.data_dir, with_labels=s.mode == "train")
+    except (DataError, ValueError) as exc:
+        raise BadInput(str(exc)) from None
+    return {"data": dataclasses.asdict(found)}
 
 
 def run(params: dict[str, Any], reporter: Reporter) -> TrialResult:

@@ -1,0 +1,69 @@
+"""The check before a study: does the workload accept the pinned values and its inputs?
+
+Some bad input only the workload can judge: a patch the network cannot take at its depth, a data folder
+holding a corrupt file. Left to the trials, it would be stored as a failed baseline, leave the vendor
+trial waiting, and end the run with an empty table. :func:`check_inputs` instead starts the workload once
+per reference configuration in its check mode (``--check``, see :mod:`autotune.protocol`): the child
+validates the values and reads its inputs, measures nothing, and answers. Bad input then stops the
+command with the workload's own one-line message before a study is opened.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from autotune.errors import UserError
+from autotune.host import HostInfo
+from autotune.launch import trial_spec
+from autotune.protocol import Outcome
+from autotune.runner import TrialRunner
+from autotune.space import REFERENCES, SearchSpace
+
+# The check reads a whole data folder on its first run (about 1,400 compressed volumes for BraTS 2017),
+# which can take minutes where a trial's timeout is set tight, so it has a limit of its own.
+CHECK_TIMEOUT_S = 1800.0
+
+
+def reference_configs(space: SearchSpace, pins: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The distinct configurations a study starts with: the references, with the pins applied."""
+    configs: list[dict[str, Any]] = []
+    for role in REFERENCES:
+        config = space.reference(role, pins)
+        if config not in configs:
+            configs.append(config)
+    return configs
+
+
+def check_inputs(
+    space: SearchSpace,
+    configs: Sequence[Mapping[str, Any]],
+    host: HostInfo,
+    *,
+    data_dir: str | None = None,
+    timeout_s: float = CHECK_TIMEOUT_S,
+    memory_cap_mb: float | None = None,
+    runner: TrialRunner | None = None,
+) -> list[Mapping[str, Any]]:
+    """Run the workload's check mode on each configuration; return what each check reported.
+
+    The check runs without the configuration's environment and pinning: it measures nothing, and the
+    launch itself is validated here (an allocator or CPUs the host lacks raise the usual UserError).
+
+    Raises:
+        UserError: The workload rejected a value or an input (its own message), or its check could not
+            run (crashed, timed out): nothing has been stored.
+    """
+    runner = runner or TrialRunner()
+    found = []
+    for config in configs:
+        spec = trial_spec(space, config, host, data_dir=data_dir, timeout_s=timeout_s, memory_cap_mb=memory_cap_mb)
+        outcome = runner.run(dataclasses.replace(spec, env={}, cpus=None, check=True))
+        if outcome.outcome is Outcome.BAD_INPUT:
+            raise UserError(outcome.reason)
+        if outcome.outcome is not Outcome.OK:
+            raise UserError(f"the {space.workload} workload could not check its input "
+                            f"({outcome.outcome.value}: {outcome.reason})")
+        found.append(outcome.checked or {})
+    return found
