@@ -155,3 +155,12 @@ def test_bad_input_exits_2_with_one_line(tmp_path: Path, args: list[str], messag
     assert lines[0].startswith("autotune: ")
     assert message in lines[0]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_top_level_help_is_written_for_users(tmp_path: Path) -> None:
+    done = autotune(["--help"], tmp_path)
+
+    assert done.returncode == 0
+    assert "one small function per subcommand" not in done.stdout
+    assert "autotune run --workload unet3d" in done.stdout
+    assert "reports/<study>/report.html" in done.stdout and "autotune.db" in done.stdout

@@ -64,3 +64,15 @@ def test_report_of_a_study_without_successes_still_renders(stored, host, fake_sp
     md = (tmp_path / "empty" / "report.md").read_text()
     assert "(no successful trial)" in md
     assert "not drawn" in md or "Not available" in md
+
+
+def test_the_metric_is_named_with_its_unit_in_the_study_and_the_figures(stored, host, fake_space):
+    study, folder = stored
+    write_report(summarize_study(study, fake_space, host), study, folder / "named")
+    page = (folder / "named" / "report.html").read_text()
+
+    assert study.metric_names == ["throughput (voxels/s)"]
+    # plotly writes the figures' JSON with "/" escaped
+    assert page.count("throughput (voxels\\u002fs)") >= 3 and "Objective" not in page
+    md = (folder / "named" / "report.md").read_text()
+    assert "Optuna's PED-ANOVA evaluator" in md and "fANOVA" not in md
