@@ -320,7 +320,7 @@ def _bench(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(record, sort_keys=True))
     else:
-        print_bench(record)
+        print_bench(record, space.units)
     if outcome.outcome is Outcome.OK:
         return 0
     print(f"autotune: trial {outcome.outcome.value}: {_one_line(outcome.reason)}", file=sys.stderr)

@@ -10,19 +10,27 @@ from rich.table import Table
 
 from autotune.calibrate import Calibration
 from autotune.host import HostInfo
+from autotune.record import figures_of
 
 console = Console(stderr=False, highlight=False)
 if not console.is_terminal:
     console.width = max(console.width, 160)  # logs and CI: no terminal to fold tables into 80 columns
 
 
-def format_rate(voxels_per_s: float | None) -> str:
-    """Voxels per second in millions, or a dash."""
-    return "-" if voxels_per_s is None else f"{voxels_per_s / 1e6:,.2f} M"
+def format_figure(value: float | None, unit: str = "") -> str:
+    """A figure with its unit, large ones with an SI prefix: ``1.94 M voxels/s``, ``41.2 samples/s``; or a dash."""
+    if value is None:
+        return "-"
+    for scale, prefix in ((1e9, "G"), (1e6, "M"), (1e4, "k")):
+        if abs(value) >= scale:
+            return f"{value / scale:,.2f} {prefix}{unit}" if unit else f"{value / scale:,.2f} {prefix}"
+    text = f"{value:.3g}" if abs(value) < 100 else f"{value:,.0f}"
+    return f"{text} {unit}".rstrip()
 
 
-def print_bench(record: Mapping[str, Any]) -> None:
-    """Print one bench record: the knobs that matter and the figures."""
+def print_bench(record: Mapping[str, Any], units: Mapping[str, str] | None = None) -> None:
+    """Print one bench record: the knobs that matter and the figures (with ``units`` by figure name)."""
+    units = units or {}
     table = Table(title=f"autotune bench: {record['workload']} ({record['outcome']})", show_header=False)
     table.add_column("what", style="bold")
     table.add_column("value")
@@ -34,11 +42,8 @@ def print_bench(record: Mapping[str, Any]) -> None:
         table.add_row("step times (s)", steps)
         median, mad, cv = record["median_step_s"], record["mad_step_s"], record["cv"]
         table.add_row("median step", f"{median:.4f} s (MAD {mad:.4f}, CV {cv:.1%})")
-        rate, samples = format_rate(record["voxels_per_s"]), record["samples_per_s"]
-        table.add_row("throughput", f"{rate} voxels/s, {samples:.3f} samples/s")
-        table.add_row("latency per sample", f"{record['latency_per_sample_s']:.4f} s")
-        gflops, per_step = record["gflops_per_s"], record["flops_per_step"] / 1e9
-        table.add_row("achieved", f"{gflops:.1f} GFLOP/s ({per_step:.1f} GFLOP/step)")
+        for name, value in figures_of(record).items():
+            table.add_row(name, format_figure(value, units.get(name, "")))
         if record.get("warning"):
             table.add_row("warning", record["warning"])
         table.add_row("peak RSS", f"{record['peak_rss_mb']:.0f} MiB")
@@ -76,3 +81,7 @@ def print_host(host: HostInfo, calibration: Calibration | None = None) -> None:
         bf16 = calibration.bfloat16_peak_gflops_per_s
         table.add_row("bfloat16 GEMM peak", "does not run here" if bf16 is None else f"{bf16:.0f} GFLOP/s")
     console.print(table)
+
+
+def format_rate(value: float | None) -> str:  # TEMP until the merge of the confirmation changes
+    return format_figure(value)

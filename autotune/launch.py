@@ -36,22 +36,57 @@ class Launch:
 
 
 def launch_for(space: SearchSpace, config: Mapping[str, Any], host: HostInfo) -> Launch:
-    """Resolve a configuration of ``space`` on ``host``.
+    """Resolve a configuration of ``space`` on ``host``: every knob by its target.
 
     Raises:
         UserError: The configuration asks for something the host cannot give (an allocator it
-            lacks, more cores than it has).
+            lacks, more cores than it has), or a command workload has no program.
     """
     env: dict[str, str | None] = {}
     params: dict[str, Any] = {}
+    args: dict[str, str] = {}
     for name, knob in space.knobs.items():
         value = config[name]
         if knob.target == "param":
             params[name] = value
         elif knob.target == "env" and knob.env:
             env[knob.env] = knob.env_value(value)
-    env["LD_PRELOAD"] = _preload(config.get("allocator", "system"), host)
-    return Launch(env=env, cpus=_cpus(config, host), params=params)
+        elif knob.target == "arg":
+            args[name] = _arg_text(value)
+    allocator, affinity, cores = (space.target_knob(t) for t in ("allocator", "affinity", "cores"))
+    env["LD_PRELOAD"] = _preload(config[allocator], host) if allocator else None
+    cpus = _cpus(config[affinity], int(config[cores]) if cores else 1, host) if affinity else None
+    if space.contract is not None and space.contract.is_command:
+        params = _command_params(space, params, args)
+    return Launch(env=env, cpus=cpus, params=params)
+
+
+def _arg_text(value: Any) -> str:
+    """A knob value as command-line text (booleans as true/false, as in the space file)."""
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _command_params(space: SearchSpace, params: dict[str, Any], args: dict[str, str]) -> dict[str, Any]:
+    """The wrapper's config for a command workload: the program, its placeholders' values, how to read it.
+
+    Raises:
+        UserError: No program was given.
+    """
+    contract = space.contract
+    assert contract is not None
+    if contract.command is None:
+        raise UserError(f"workload {space.workload!r} runs a program: give it after --, e.g. "
+                        f"autotune run --workload {space.workload} -- python predict.py")
+    return {
+        **params,
+        "command": list(contract.command),
+        "check_command": list(contract.check) if contract.check else None,
+        "args": args,
+        "figure_key": contract.figure_key,
+        "figure_pattern": contract.figure_pattern,
+        "objective": contract.objective.name,
+        "direction": contract.objective.direction,
+    }
 
 
 def _preload(allocator: str, host: HostInfo) -> str | None:
@@ -63,11 +98,10 @@ def _preload(allocator: str, host: HostInfo) -> str | None:
     return path
 
 
-def _cpus(config: Mapping[str, Any], host: HostInfo) -> tuple[int, ...] | None:
-    affinity = config.get("affinity", "none")
+def _cpus(affinity: str, cores: int, host: HostInfo) -> tuple[int, ...] | None:
     try:
         if affinity == "cores":
-            return tuple(cpus_for_cores(host, int(config.get("pin_cores", 1))))
+            return tuple(cpus_for_cores(host, cores))
         if affinity == "socket":
             # The first socket with CPUs this process may use: under a cpuset it need not be 0.
             sockets = [host.core_of_cpu[c][0] for c in host.usable_cpus if c in host.core_of_cpu]

@@ -5,8 +5,12 @@ A trial is one child process. The driver writes a :class:`TrialConfig` as JSON t
 that process. The child prints protocol messages on stdout, one per line, each a JSON object behind
 :data:`LINE_PREFIX`:
 
-* ``{"kind": "setup", ...}`` once, after data and model are ready (what it observed, how long it took);
-* ``{"kind": "step", "index": i, "seconds": t, "warmup": bool}`` after every step, as it completes;
+* ``{"kind": "setup", "work_per_step": w, ...}`` once, after data and model are ready (how long it took,
+  and the work one step does in the objective's unit, so the driver can judge a running figure);
+* ``{"kind": "plan", "steps": n}`` when the child has decided how many timed steps it will run;
+* ``{"kind": "step", "index": i, "seconds": t, "warmup": bool}`` after every step, as it completes; a
+  step may carry ``"figure"``: its own value of the objective, when that is not ``work / seconds``
+  (a program that prints its own figure);
 * ``{"kind": "result", ...}`` last, the :class:`TrialResult` record;
 * ``{"kind": "error", "message": ...}`` instead of a result when the trial's input is bad.
 
@@ -26,7 +30,7 @@ from dataclasses import asdict, dataclass, field, fields
 from enum import StrEnum
 from typing import Any
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 LINE_PREFIX = "@autotune "
 
 
@@ -89,7 +93,9 @@ class TrialConfig:
 class TrialResult:
     """The final record of one successful trial, as the workload reports it.
 
-    Times are seconds. Throughput figures use the median timed step.
+    Times are seconds. Figures use the median timed step. Nothing here is specific to one workload:
+    the workload's own figures (its objective, as its search space declares it, and any extras) are in
+    :attr:`figures`, by name.
 
     Attributes:
         workload: Workload name.
@@ -99,12 +105,10 @@ class TrialResult:
         median_step_s: Median of ``step_seconds``.
         mad_step_s: Median absolute deviation of ``step_seconds``.
         cv: Coefficient of variation (stdev / mean) of ``step_seconds``.
-        voxels_per_step: Input voxels processed per step (batch x patch volume).
-        voxels_per_s: ``voxels_per_step / median_step_s``.
-        samples_per_s: ``batch / median_step_s``.
-        latency_per_sample_s: ``median_step_s / batch``.
-        flops_per_step: Model floating-point operations per step (2 per multiply-add).
-        gflops_per_s: ``flops_per_step / median_step_s / 1e9``.
+        work_per_step: Units of the objective's work done per step (voxels, samples, runs), so that a
+            throughput is ``work_per_step / median_step_s`` and a latency ``median_step_s / work_per_step``.
+        figures: Named figures of the trial, e.g. ``{"samples_per_s": 41.2, "latency_per_sample_s":
+            0.024, "gflops_per_s": 180.5}``; the objective is one of them.
         peak_rss_mb: Peak resident set size of the trial process, MiB.
         setup_seconds: Time from process start to the first warm-up step (import, data, build).
         effective: What the process observed: threads, affinity, oneDNN state, versions, layout.
@@ -118,12 +122,8 @@ class TrialResult:
     median_step_s: float
     mad_step_s: float
     cv: float
-    voxels_per_step: int
-    voxels_per_s: float
-    samples_per_s: float
-    latency_per_sample_s: float
-    flops_per_step: float
-    gflops_per_s: float
+    work_per_step: float
+    figures: dict[str, float]
     peak_rss_mb: float
     setup_seconds: float
     effective: dict[str, Any] = field(default_factory=dict)
@@ -137,7 +137,7 @@ class TrialResult:
     def from_dict(cls, data: dict[str, Any]) -> TrialResult:
         """Build a record from :meth:`to_dict` output.
 
-        Unknown fields are ignored: a newer workload's extra figures do not break an older driver.
+        Unknown fields are ignored: a newer workload's extra fields do not break an older driver.
 
         Raises:
             ProtocolError: Fields are missing, of the wrong type or of the wrong schema.
@@ -167,6 +167,8 @@ class TrialResult:
 def _field_ok(name: str, value: Any) -> bool:
     if name == "workload":
         return isinstance(value, str)
+    if name == "figures":
+        return isinstance(value, dict) and all(isinstance(k, str) and _is_number(v) for k, v in value.items())
     if name in ("params", "effective"):
         return isinstance(value, dict)
     if name in ("warmup_seconds", "step_seconds"):

@@ -1,4 +1,4 @@
-"""Pruning: stop a trial whose running throughput is clearly below the best completed trial.
+"""Pruning: stop a trial whose running figure is clearly worse than the best completed trial's.
 
 Optuna's median and percentile pruners compare a trial with other trials at the same step; here every
 step of a trial measures the same thing, so the useful question is simpler: after a few timed steps, is
@@ -21,7 +21,10 @@ DEFAULT_WARMUP_STEPS = 1
 
 
 class BestFractionPruner(BasePruner):
-    """Prune when a trial's latest intermediate value is below ``fraction`` of the best value.
+    """Prune when a trial's latest intermediate value is clearly worse than the best value.
+
+    Clearly worse: below ``fraction`` of the best when the study maximizes (a throughput), above the best
+    divided by ``fraction`` when it minimizes (a latency): a factor of two either way by default.
 
     Args:
         fraction: Share of the best completed value a trial must reach.
@@ -41,9 +44,13 @@ class BestFractionPruner(BasePruner):
         completed = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
         if not completed:
             return False
-        best = max(t.value for t in completed if t.value is not None)
+        values = [t.value for t in completed if t.value is not None]
+        if not values:
+            return False
         latest = trial.intermediate_values[max(trial.intermediate_values)]
-        return latest < self.fraction * best
+        if study.direction == optuna.study.StudyDirection.MINIMIZE:
+            return latest > min(values) / self.fraction
+        return latest < self.fraction * max(values)
 
 
 # A warm-up (tracing, XLA compilation, the first step) longer than this many steps of the best
@@ -53,15 +60,21 @@ WARMUP_FACTOR = 30.0
 WARMUP_MIN_SECONDS = 60.0
 
 
-def warmup_too_slow(waited_s: float, voxels_per_step: float, best_voxels_per_s: float | None) -> bool:
+def warmup_too_slow(waited_s: float, best_step_s: float | None) -> bool:
     """Whether a trial still warming up after ``waited_s`` should be pruned.
 
     Args:
         waited_s: Seconds since the trial finished its set-up.
-        voxels_per_step: The trial's work per step.
-        best_voxels_per_s: The best completed trial's throughput, or None when there is none.
+        best_step_s: How long a step of this trial's size takes in the best completed configuration
+            (from the objective: see :func:`best_step_seconds`), or None when there is none.
     """
-    if not best_voxels_per_s or voxels_per_step <= 0:
+    if not best_step_s or best_step_s <= 0:
         return False
-    best_step_s = voxels_per_step / best_voxels_per_s
     return waited_s > max(WARMUP_MIN_SECONDS, WARMUP_FACTOR * best_step_s)
+
+
+def best_step_seconds(work_per_step: float, best_value: float | None, maximize: bool) -> float | None:
+    """The step time of ``work_per_step`` at the best completed figure (a rate, or a time per unit)."""
+    if not best_value or work_per_step <= 0:
+        return None
+    return work_per_step / best_value if maximize else work_per_step * best_value

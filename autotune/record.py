@@ -16,19 +16,17 @@ from autotune.measure import spread_warning, summarize
 from autotune.protocol import SCHEMA_VERSION, Outcome
 from autotune.runner import TrialOutcome, TrialSpec
 
+# Figures every trial has, whatever its workload: of its timed steps and of its process.
 FIGURES = (
     "median_step_s",
     "mad_step_s",
     "cv",
-    "voxels_per_step",
-    "voxels_per_s",
-    "samples_per_s",
-    "latency_per_sample_s",
-    "flops_per_step",
-    "gflops_per_s",
+    "work_per_step",
     "peak_rss_mb",
     "setup_seconds",
 )
+# Numbers in a record that are not figures of the configuration (for records that predate figure_names).
+_NOT_FIGURES = {"schema", "wall_seconds", "cores_wait_s", "time_saved_s", "trial", *FIGURES}
 
 
 def trial_record(
@@ -62,6 +60,9 @@ def trial_record(
     }
     for name in FIGURES:
         record[name] = getattr(result, name) if result else None
+    figures = dict(result.figures) if result else {}
+    record["figure_names"] = sorted(figures)
+    record.update(figures)
     steps = record["step_seconds"]
     summary = summarize(steps) if steps else None
     record["outlier_steps"] = list(summary.outliers) if summary else []
@@ -69,3 +70,16 @@ def trial_record(
     if result is None:
         record["peak_rss_mb"] = outcome.peak_rss_mb
     return record
+
+
+def figures_of(record: Mapping[str, Any]) -> dict[str, float]:
+    """The workload's own figures in a record (its objective and extras), by name.
+
+    Records written before the figures were listed in ``figure_names`` (protocol schema 1) give every
+    number that is not a step or process figure.
+    """
+    names = record.get("figure_names")
+    if names is None:
+        names = [k for k, v in record.items()
+                 if isinstance(v, int | float) and not isinstance(v, bool) and k not in _NOT_FIGURES]
+    return {name: record[name] for name in names if isinstance(record.get(name), int | float)}

@@ -44,7 +44,8 @@ EXIT_AFTER_RESULT_SECONDS = 10.0
 TERMINATE_GRACE_SECONDS = 2.0
 
 StepCallback = Callable[[list[float], Mapping[str, Any]], bool]
-"""Called with (timed step times so far, the setup message) after each timed step; True prunes."""
+"""Called with (timed step times so far, the setup message plus ``step_figures``: the figures the steps
+carried, if any) after each timed step; True prunes."""
 
 WaitCallback = Callable[[float, Mapping[str, Any]], bool]
 """Called with (seconds since the setup message, the setup message) while warm-up runs; True prunes."""
@@ -90,6 +91,7 @@ class TrialOutcome:
         peak_rss_mb: Peak resident memory of the process tree the runner saw.
         stderr_tail: The last characters of the child's stderr.
         checked: What a check-mode child reported (its ``checked`` message), else None.
+        planned_steps: Timed steps the child said it would run (its ``plan``, else its ``setup``), if any.
     """
 
     outcome: Outcome
@@ -102,6 +104,7 @@ class TrialOutcome:
     peak_rss_mb: float = 0.0
     stderr_tail: str = ""
     checked: Mapping[str, Any] | None = None
+    planned_steps: int | None = None
 
 
 class TrialRunner:
@@ -143,6 +146,8 @@ class _Execution:
         self.setup: dict[str, Any] = {}
         self.result_at = 0.0
         self.checked: dict[str, Any] | None = None
+        self.planned_steps: int | None = None
+        self.figures: list[float] = []
 
     def run(self) -> TrialOutcome:
         config_path = self.workdir / "config.json"
@@ -227,7 +232,11 @@ class _Execution:
                 self.warmups.append(float(seconds))
             else:
                 self.steps.append(float(seconds))
-                if self.on_step and self.on_step(list(self.steps), self.setup):
+                figure = message.get("figure")
+                if isinstance(figure, int | float) and not isinstance(figure, bool):
+                    self.figures.append(float(figure))
+                progress = {**self.setup, "step_figures": list(self.figures)}
+                if self.on_step and self.on_step(list(self.steps), progress):
                     count = len(self.steps)
                     return Outcome.PRUNED, f"pruned after {count} timed step{'' if count == 1 else 's'}"
         elif kind == "setup":
@@ -241,6 +250,10 @@ class _Execution:
                 self.bad_output = str(exc)
         elif kind == "error":
             self.error = str(message.get("message", "bad input"))
+        elif kind == "plan":
+            steps = message.get("steps")
+            if isinstance(steps, int) and not isinstance(steps, bool) and steps > 0:
+                self.planned_steps = steps
         elif kind == "checked":
             self.checked = {k: v for k, v in message.items() if k != "kind"}
         return None
@@ -263,6 +276,7 @@ class _Execution:
             "returncode": returncode,
             "peak_rss_mb": self.peak_rss_mb,
             "stderr_tail": tail,
+            "planned_steps": self.planned_steps or _int(self.setup.get("steps")),
         }
         if stop is not None:
             return TrialOutcome(stop[0], reason=stop[1], **common)
@@ -285,6 +299,10 @@ class _Execution:
         if self.result is None:
             return TrialOutcome(Outcome.BAD_OUTPUT, reason="the trial exited without a result", **common)
         return TrialOutcome(Outcome.OK, result=self.result, **common)
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
 def _child_env(changes: Mapping[str, str | None]) -> dict[str, str]:

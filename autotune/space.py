@@ -10,6 +10,7 @@ plain dict holding a value for every knob; nothing in a space file is evaluated 
 
 from __future__ import annotations
 
+import dataclasses
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -17,18 +18,22 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from autotune.contract import Contract, ContractError, Objective, argv, parse_contract
 from autotune.errors import UserError
 
 if TYPE_CHECKING:
     import optuna
 
-KNOB_TYPES = ("int", "float", "bool", "categorical", "shape")
-TARGETS = ("param", "env", "allocator", "affinity")
+# file: a path to a file the user gives (a model, an input array); never searched, "" for none. Its
+# content, not its name, identifies a study (see autotune.study.default_study_name).
+KNOB_TYPES = ("int", "float", "bool", "categorical", "shape", "file")
+# Where a knob acts. param: in-process, in the trial's JSON config; env: an environment variable; arg: a
+# {knob} placeholder of a command workload's argv; allocator: the library preloaded (LD_PRELOAD);
+# affinity: CPU pinning (none, cores, socket); cores: how many physical cores affinity=cores pins to.
+TARGETS = ("param", "env", "arg", "allocator", "affinity", "cores")
 HOST_FACTS = ("physical_cores", "physical_cores_per_socket", "logical_cpus", "sockets")
 REFERENCES = ("baseline", "vendor_recommended")
 UNSET = "default"
-# The figure every trial reports today is its throughput per voxel.
-DEFAULT_UNIT = "voxels/s"
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
 
@@ -133,6 +138,8 @@ class Knob:
                 return self.validate(float(text))
             except ValueError:
                 raise SpaceError(f"{self.name}: {text!r} is not a number") from None
+        if self.type == "file":
+            return self.validate(str(Path(text).expanduser().resolve()) if text.strip() else "")
         if self.type == "categorical":
             for choice in (*(self.choices or ()), *self.dropped):
                 if str(choice) == text.strip():
@@ -159,6 +166,13 @@ class Knob:
             return value
         if self.type == "shape":
             return canonical_shape(self.name, value)
+        if self.type == "file":
+            if not isinstance(value, str):
+                raise SpaceError(f"{self.name}: {value!r} is not a file path")
+            if value and not Path(value).is_file():
+                raise SpaceError(f"{self.name}: {value} is not a file" if Path(value).exists()
+                                 else f"{self.name}: {value} does not exist")
+            return value
         if str(value) in self.dropped:
             raise SpaceError(f"{self.name}: {value!r} is not available here ({self.dropped[str(value)]})")
         if value not in (self.choices or ()):
@@ -171,7 +185,7 @@ class Knob:
 
     def searchable(self) -> bool:
         """Whether the sampler has a real choice to make for this knob."""
-        if not self.search:
+        if not self.search or self.type == "file":
             return False
         if self.type == "bool":
             return True
@@ -206,7 +220,7 @@ class SearchSpace:
         knobs: Knobs by name, in file order (conditions refer to earlier knobs).
         references: ``baseline`` and ``vendor_recommended`` partial configs, host facts resolved.
         path: The file it was read from.
-        unit: Unit of the objective, as users read it (``[workload] unit``).
+        contract: The workload's declared contract (how it starts, its objective, its figures).
     """
 
     workload: str
@@ -214,12 +228,41 @@ class SearchSpace:
     knobs: Mapping[str, Knob]
     references: Mapping[str, Mapping[str, Any]]
     path: Path | None = None
-    unit: str = DEFAULT_UNIT
+    contract: Contract | None = None
+
+    @property
+    def objective(self) -> Objective:
+        """The figure tuned and its direction."""
+        assert self.contract is not None, "a space is built by load_space"
+        return self.contract.objective
 
     @property
     def metric_name(self) -> str:
-        """The objective with its unit, e.g. ``throughput (voxels/s)``: Optuna's metric name and axis label."""
-        return f"throughput ({self.unit})"
+        """The objective with its unit, e.g. ``voxels_per_s (voxels/s)``: Optuna's metric name and axis label."""
+        return self.objective.label
+
+    @property
+    def units(self) -> dict[str, str]:
+        """Units of the figures the space declares: its extras and its objective, by name."""
+        assert self.contract is not None
+        return {**self.contract.figures, self.objective.name: self.objective.unit}
+
+    def target_knob(self, target: str) -> str | None:
+        """The knob acting as ``target`` (``allocator``, ``affinity``, ``cores``), or None."""
+        return next((name for name, knob in self.knobs.items() if knob.target == target), None)
+
+    def with_command(self, command: Iterable[str]) -> SearchSpace:
+        """This command workload's space with the program's argv given (on the command line).
+
+        Raises:
+            SpaceError: Not a command workload, or a placeholder names no knob.
+        """
+        assert self.contract is not None
+        if not self.contract.is_command:
+            raise SpaceError(f"workload {self.workload!r} is not a command workload: it takes no program after --")
+        contract = dataclasses.replace(self.contract, command=argv(list(command), "the command after --"))
+        _check_placeholders(contract, self.knobs)
+        return dataclasses.replace(self, contract=contract)
 
     def configure(self, values: Mapping[str, Any], base: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Complete and validate a configuration.
@@ -376,22 +419,15 @@ def load_space(path: Path, facts: HostFacts) -> SearchSpace:
         raise SpaceError(f"{path}: not valid TOML: {exc}") from None
     try:
         return _build_space(data, facts, Path(path))
-    except SpaceError as exc:
+    except (SpaceError, ContractError) as exc:
         raise SpaceError(f"{path}: {exc}") from None
 
 
 def _build_space(data: dict[str, Any], facts: HostFacts, path: Path) -> SearchSpace:
     _only_keys(data, {"workload", "knobs", *REFERENCES}, "top level")
     workload = _table(data, "workload")
-    _only_keys(workload, {"name", "module", "unit"}, "workload")
-    name, module = workload.get("name"), workload.get("module")
-    unit = workload.get("unit", DEFAULT_UNIT)
-    if not (isinstance(unit, str) and unit.strip() and unit.isprintable() and len(unit) <= 40):
-        raise SpaceError(f"workload.unit: {unit!r} is not a short unit name such as \"voxels/s\"")
-    if not (isinstance(name, str) and name.replace("_", "").isalnum()):
-        raise SpaceError(f"workload.name: {name!r} is not a plain name (letters, digits, _)")
-    if not (isinstance(module, str) and all(p.isidentifier() for p in module.split("."))):
-        raise SpaceError(f"workload.module: {module!r} is not a dotted Python module name")
+    contract = parse_contract(workload)
+    name, module = contract.name, contract.module
     knobs: dict[str, Knob] = {}
     for knob_name, table in _table(data, "knobs").items():
         if not isinstance(table, dict):
@@ -399,7 +435,16 @@ def _build_space(data: dict[str, Any], facts: HostFacts, path: Path) -> SearchSp
         knobs[knob_name] = _build_knob(knob_name, table, facts, knobs)
     if not knobs:
         raise SpaceError("knobs: no knobs defined")
-    space = SearchSpace(workload=name, module=module, knobs=knobs, references={}, path=path, unit=unit)
+    for label in contract.label:
+        if label not in knobs:
+            raise SpaceError(f"workload.label: {label!r} is not a knob")
+    if contract.command is not None:
+        _check_placeholders(contract, knobs)
+    for target in ("allocator", "affinity", "cores"):
+        named = [n for n, k in knobs.items() if k.target == target]
+        if len(named) > 1:
+            raise SpaceError(f"knobs.{named[1]}.target: {target!r} is already the target of {named[0]!r}")
+    space = SearchSpace(workload=name, module=module, knobs=knobs, references={}, path=path, contract=contract)
     references = {}
     for ref in REFERENCES:
         table = _table(data, ref)
@@ -415,7 +460,19 @@ def _build_space(data: dict[str, Any], facts: HostFacts, path: Path) -> SearchSp
             except SpaceError as exc:
                 raise SpaceError(f"{ref}.{exc}") from None
         references[ref] = resolved
-    return SearchSpace(workload=name, module=module, knobs=knobs, references=references, path=path, unit=unit)
+    return SearchSpace(workload=name, module=module, knobs=knobs, references=references, path=path,
+                       contract=contract)
+
+
+def _check_placeholders(contract: Contract, knobs: Mapping[str, Knob]) -> None:
+    """Every ``{knob}`` of the argv names a knob, and every ``arg`` knob appears in it."""
+    used = contract.placeholders()
+    for name in sorted(used):
+        if name not in knobs:
+            raise SpaceError(f"workload.command: placeholder {{{name}}} names no knob")
+    for name, knob in knobs.items():
+        if knob.target == "arg" and name not in used:
+            raise SpaceError(f"knobs.{name}: target arg, but no {{{name}}} placeholder in workload.command")
 
 
 def _build_knob(name: str, table: dict[str, Any], facts: HostFacts, earlier: Mapping[str, Knob]) -> Knob:

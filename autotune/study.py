@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
+import hashlib
+import json
 import os
 import socket
 import statistics
@@ -37,13 +38,13 @@ from autotune.confirm import (
     confirm,
     estimate_seconds,
 )
-from autotune.console import console, format_rate
+from autotune.console import console, format_figure, format_rate
 from autotune.errors import UserError
 from autotune.host import HostInfo
 from autotune.launch import default_memory_cap_mb, trial_spec
 from autotune.lock import CoreLock, CoresBusy, study_setup_lock
 from autotune.protocol import Outcome
-from autotune.pruning import BestFractionPruner, warmup_too_slow
+from autotune.pruning import BestFractionPruner, best_step_seconds, warmup_too_slow
 from autotune.record import trial_record
 from autotune.report import (
     ReportError,
@@ -132,8 +133,7 @@ def run_study(
             trial is stored, the summary is printed, and ``autotune report`` can write it later.
     """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    mode = pins.get("mode", space.knobs["mode"].default if "mode" in space.knobs else "run")
-    name = options.study_name or f"{space.workload}-{mode}-{host.fingerprint[:8]}"
+    name = options.study_name or default_study_name(space, pins, host)
     report_dir = options.report_dir or Path("reports") / name
     _check_report_dir(report_dir)
     cores = CoreLock.for_host(host)
@@ -170,6 +170,38 @@ def run_study(
     if interrupted:
         return 130
     return 0 if summary.best is not None else 1
+
+
+def default_study_name(space: SearchSpace, pins: Mapping[str, Any], host: HostInfo) -> str:
+    """``<workload>-<label values>-<hash>``: the hash covers what is tuned, so two jobs never share a study.
+
+    It covers the host fingerprint, the pins, a command workload's program and the content of every file
+    a pin names (a model file retrained in place is another study). The label values are those of the
+    contract's ``label`` knobs (e.g. the mode), for people reading a list of studies.
+    """
+    files = {name: _file_digest(value) for name, value in sorted(pins.items())
+             if space.knobs[name].type == "file" and value}
+    identity = {
+        "workload": space.workload,
+        "host": host.fingerprint,
+        "pins": {k: str(v) for k, v in sorted(pins.items())},
+        "command": list(space.contract.command or ()) if space.contract else [],
+        "files": files,
+    }
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:8]
+    labels = [str(pins.get(k, space.knobs[k].default)) for k in (space.contract.label if space.contract else ())]
+    return "-".join([space.workload, *labels, digest])
+
+
+def _file_digest(path: str) -> str:
+    sha = hashlib.sha256()
+    try:
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                sha.update(block)
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    return sha.hexdigest()
 
 
 def open_shared_study(
@@ -352,7 +384,7 @@ def _open_study(options: RunOptions, name: str, space: SearchSpace, pins: Mappin
         study = optuna.create_study(
             study_name=name,
             storage=storage,
-            direction="maximize",
+            direction=space.objective.direction,
             sampler=_sampler(options, space, pins),
             pruner=BestFractionPruner() if options.prune else optuna.pruners.NopPruner(),
             load_if_exists=True,
@@ -608,13 +640,21 @@ class _Loop:
         spec = trial_spec(self.space, config, self.host, data_dir=self.options.data_dir,
                           timeout_s=self.options.trial_timeout_s, memory_cap_mb=self.memory_cap)
 
-        def on_step(steps: list[float], setup: Mapping[str, Any]) -> bool:
+        objective = self.space.objective
+
+        def on_step(steps: list[float], progress_: Mapping[str, Any]) -> bool:
             median = statistics.median(steps)
-            voxels = setup.get("voxels_per_step")
             progress.update(task, status=f"step {len(steps)}: median {median:.3f}s | best {self._best_text()}")
-            if not voxels or role != "search" or not self.options.prune:
+            if role != "search" or not self.options.prune:
                 return False
-            trial.report(voxels / median, len(steps) - 1)
+            figures, work = progress_.get("step_figures"), progress_.get("work_per_step")
+            if figures:
+                running = statistics.median(figures)
+            elif isinstance(work, int | float) and work > 0:
+                running = objective.running(float(work), median)
+            else:
+                return False
+            trial.report(running, len(steps) - 1)
             return trial.should_prune()
 
         best_before = self._best_value()
@@ -622,7 +662,8 @@ class _Loop:
         def on_wait(waited: float, setup: Mapping[str, Any]) -> bool:
             if role != "search" or not self.options.prune:
                 return False
-            return warmup_too_slow(waited, float(setup.get("voxels_per_step") or 0), best_before)
+            work = float(setup.get("work_per_step") or 0)
+            return warmup_too_slow(waited, best_step_seconds(work, best_before, objective.maximize))
 
         with self._cores(trial, progress, task) as held:
             outcome = self.runner.run(spec, on_step=on_step, on_wait=on_wait)
@@ -631,20 +672,26 @@ class _Loop:
         record["cores_held"] = [round(held.start, 3), round(held.end, 3)]
         if outcome.outcome is Outcome.PRUNED and outcome.step_seconds:
             median = statistics.median(outcome.step_seconds)
-            planned = int(config.get("steps", len(outcome.step_seconds)))
-            if float(config.get("trial_seconds", 0) or 0) > 0:  # the workload calibrates its step count
-                planned = max(3, min(planned, math.ceil(float(config["trial_seconds"]) / median)))
+            planned = outcome.planned_steps or len(outcome.step_seconds)
             saved = max(0, planned - len(outcome.step_seconds)) * median
             record["time_saved_s"] = saved
             self.stats["time_saved_s"] += saved
         for key, value in record.items():
             trial.set_user_attr(key, value)
         line = f"trial {trial.number}: {outcome.outcome.value}"
-        if outcome.outcome is Outcome.OK:
-            value = record["voxels_per_s"]
+        value = objective.value(record)
+        if outcome.outcome is Outcome.OK and value is None:
+            outcome_name = Outcome.BAD_OUTPUT.value
+            record["outcome"], record["reason"] = outcome_name, f"the result has no figure {objective.name!r}"
+            trial.set_user_attr("outcome", outcome_name)
+            trial.set_user_attr("reason", record["reason"])
+            finished = self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            self.stats["failed"] += 1
+            line = f"trial {trial.number}: {outcome_name}: {record['reason']}"
+        elif outcome.outcome is Outcome.OK:
             finished = self.study.tell(trial, value)
             median, cv = record["median_step_s"], record["cv"]
-            line += f", {format_rate(value)} voxels/s (median step {median:.3f}s, CV {cv:.1%})"
+            line += f", {format_figure(value, objective.unit)} (median step {median:.3f}s, CV {cv:.1%})"
         elif outcome.outcome is Outcome.PRUNED:
             finished = self.study.tell(trial, state=optuna.trial.TrialState.PRUNED)
             self.stats["pruned"] += 1
@@ -718,10 +765,7 @@ class _Loop:
             return None
 
     def _best_text(self) -> str:
-        try:
-            return format_rate(self.study.best_value) + " voxels/s"
-        except ValueError:
-            return "-"
+        return format_figure(self._best_value(), self.space.objective.unit)
 
     def _describe(self, config: Mapping[str, Any]) -> str:
         shown = [n for n in self.space.searched(self.pins) if self.space.knobs[n].active(config)]

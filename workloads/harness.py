@@ -50,7 +50,7 @@ class Reporter:
         warmup: int,
         steps: int,
         *,
-        voxels_per_step: int,
+        work_per_step: float,
         trial_seconds: float = 0.0,
         before_timed: Callable[[], None] | None = None,
     ) -> tuple[list[float], list[float]]:
@@ -64,7 +64,8 @@ class Reporter:
             step: Runs one complete step (including waiting for its result) given its index.
             warmup: Number of warm-up steps, not counted in the figure.
             steps: Number of timed steps (the maximum when calibrating).
-            voxels_per_step: Work per step, sent ahead so the driver can judge running throughput.
+            work_per_step: Work per step in the objective's unit (voxels, samples), sent ahead so the
+                driver can judge a running figure.
             trial_seconds: Target duration of the timed steps; 0 runs exactly ``steps``.
             before_timed: Called once after the warm-up, before the first timed step's clock
                 starts (a profiler starts there).
@@ -73,8 +74,7 @@ class Reporter:
             Warm-up times and timed step times, in seconds.
         """
         self.setup_seconds = time.perf_counter() - PROCESS_START
-        self.emit("setup", seconds=self.setup_seconds, voxels_per_step=voxels_per_step,
-                  warmup=warmup, steps=steps)
+        self.emit("setup", seconds=self.setup_seconds, work_per_step=work_per_step, warmup=warmup, steps=steps)
         warmups = [self._timed(step, index, index, True) for index in range(warmup)]
         if before_timed is not None:
             before_timed()
@@ -108,15 +108,39 @@ def build_result(
     warmup_seconds: list[float],
     step_seconds: list[float],
     *,
-    batch: int,
-    voxels_per_step: int,
-    flops_per_step: float,
+    work_per_step: float,
+    rate_name: str,
+    samples_per_step: float,
+    flops_per_step: float | None = None,
     setup_seconds: float,
     effective: dict[str, Any],
+    extra: dict[str, float] | None = None,
 ) -> TrialResult:
-    """Compute the figures of a trial from its step times."""
+    """Compute the figures of a trial from its step times.
+
+    Args:
+        workload: Workload name.
+        params: The knobs the trial ran with.
+        warmup_seconds: Untimed warm-up step times.
+        step_seconds: Timed step times.
+        work_per_step: Work per step in the unit of ``rate_name`` (voxels, samples).
+        rate_name: Name of the throughput figure ``work_per_step / median``, e.g. ``samples_per_s``.
+        samples_per_step: Samples per step (the batch), for ``samples_per_s`` and ``latency_per_sample_s``.
+        flops_per_step: Model floating-point operations per step, when known (adds ``gflops_per_s``).
+        setup_seconds: Time to the first warm-up step.
+        effective: What the process observed.
+        extra: Further figures of the workload's own.
+    """
     summary = summarize(step_seconds)
     median = summary.median
+    figures = {
+        rate_name: work_per_step / median,
+        "samples_per_s": samples_per_step / median,
+        "latency_per_sample_s": median / samples_per_step,
+    }
+    if flops_per_step:
+        figures.update(flops_per_step=flops_per_step, gflops_per_s=flops_per_step / median / 1e9)
+    figures.update(extra or {})
     return TrialResult(
         workload=workload,
         params=params,
@@ -125,12 +149,8 @@ def build_result(
         median_step_s=median,
         mad_step_s=summary.mad,
         cv=summary.cv,
-        voxels_per_step=voxels_per_step,
-        voxels_per_s=voxels_per_step / median,
-        samples_per_s=batch / median,
-        latency_per_sample_s=median / batch,
-        flops_per_step=flops_per_step,
-        gflops_per_s=flops_per_step / median / 1e9,
+        work_per_step=work_per_step,
+        figures=figures,
         peak_rss_mb=peak_rss_mb(),
         setup_seconds=setup_seconds,
         effective=effective,

@@ -119,7 +119,7 @@ BAD_INPUTS = [
                   "batch=2"], "'2' is not available here (the CPU lacks no_such_cpu_flag)",
                  id="set_choice_needing_missing_cpu_flag"),
     pytest.param(["bench", "--space", str(BAD_SPACES / "unavailable_choices.toml"), "--set",
-                  "allocator=mimalloc"], "mimalloc was not found on this host",
+                  "allocator=hoard"], "hoard was not found on this host",
                  id="set_allocator_not_found"),
     pytest.param(["bench", "--space", "missing.toml"], "missing.toml: search-space file not found",
                  id="space_missing"),

@@ -14,6 +14,7 @@ SPACE = """
 [workload]
 name = "fake"
 module = "workloads.fake"
+objective = { name = "voxels_per_s", unit = "voxels/s" }
 
 [knobs.slowdown]
 type = "categorical"

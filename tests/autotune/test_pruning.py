@@ -56,10 +56,10 @@ slowdown = 20.0
 
 
 def in_memory_study(
-    completed: list[float], pruner: BestFractionPruner | None = None
+    completed: list[float], pruner: BestFractionPruner | None = None, direction: str = "maximize"
 ) -> optuna.Study:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(direction="maximize", pruner=pruner or BestFractionPruner())
+    study = optuna.create_study(direction=direction, pruner=pruner or BestFractionPruner())
     for value in completed:
         study.add_trial(optuna.trial.create_trial(value=value))
     return study
@@ -90,6 +90,21 @@ def running_trial(study: optuna.Study, reports: list[float]) -> optuna.Trial:
 )
 def test_decisions(completed, reports, pruned):
     study = in_memory_study(completed)
+
+    assert running_trial(study, reports).should_prune() is pruned
+
+
+@pytest.mark.parametrize(
+    ("completed", "reports", "pruned"),
+    [
+        ([0.1], [0.21], True),  # a latency over twice the best
+        ([0.1], [0.2], False),  # exactly twice is kept
+        ([0.3, 0.1], [0.15], False),  # against the lowest, the best when minimizing
+        ([0.1], [0.05], False),
+    ],
+)
+def test_decisions_when_the_objective_is_minimized(completed, reports, pruned):
+    study = in_memory_study(completed, direction="minimize")
 
     assert running_trial(study, reports).should_prune() is pruned
 
@@ -185,9 +200,17 @@ def test_slow_search_trial_is_pruned_and_references_never(tmp_path, host, space_
     ],
 )
 def test_warmup_guard(waited, voxels, best, pruned):
-    from autotune.pruning import warmup_too_slow
+    from autotune.pruning import best_step_seconds, warmup_too_slow
 
-    assert warmup_too_slow(waited, voxels, best) is pruned
+    assert warmup_too_slow(waited, best_step_seconds(voxels, best, maximize=True)) is pruned
+
+
+@pytest.mark.parametrize(("work", "best", "maximize", "step"), [(1000.0, 500.0, True, 2.0), (4.0, 0.5, False, 2.0),
+                                                               (4.0, None, False, None)])
+def test_best_step_follows_the_objective_direction(work, best, maximize, step):
+    from autotune.pruning import best_step_seconds
+
+    assert best_step_seconds(work, best, maximize) == step
 
 
 def test_runner_prunes_a_trial_stuck_in_warmup(fake_space, host):
@@ -200,7 +223,7 @@ def test_runner_prunes_a_trial_stuck_in_warmup(fake_space, host):
     seen = []
 
     def on_wait(waited, setup):
-        seen.append(setup.get("voxels_per_step"))
+        seen.append(setup.get("work_per_step"))
         return waited > 0.5
 
     outcome = TrialRunner().run(spec, on_wait=on_wait)

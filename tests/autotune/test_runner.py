@@ -68,11 +68,13 @@ def test_ok_trial_reports_consistent_figures(make_spec):
     assert result.median_step_s == pytest.approx(median)
     # channels_first without transpose elimination costs 4x, batch 2 another 2x.
     assert median >= 0.005 * 8
-    assert result.voxels_per_step == 2 * 16**3
-    assert result.voxels_per_s == pytest.approx(2 * 16**3 / median)
-    assert result.samples_per_s == pytest.approx(2 / median)
-    assert result.latency_per_sample_s == pytest.approx(median / 2)
-    assert result.gflops_per_s == pytest.approx(result.flops_per_step / median / 1e9)
+    assert result.work_per_step == 2 * 16**3
+    figures = result.figures
+    assert figures["voxels_per_s"] == pytest.approx(2 * 16**3 / median)
+    assert figures["samples_per_s"] == pytest.approx(2 / median)
+    assert figures["latency_per_sample_s"] == pytest.approx(median / 2)
+    assert figures["gflops_per_s"] == pytest.approx(figures["flops_per_step"] / median / 1e9)
+    assert outcome.planned_steps == 5
     assert result.mad_step_s >= 0 and result.cv >= 0
     assert result.peak_rss_mb > 0
     assert result.effective["layout"] == "channels_first"
@@ -256,7 +258,7 @@ def test_on_step_sees_growing_steps_and_the_setup():
     assert calls[-1][0] == list(outcome.step_seconds)
     setup = calls[0][1]
     assert setup["kind"] == "setup"
-    assert setup["voxels_per_step"] == 2 * 16**3
+    assert setup["work_per_step"] == 2 * 16**3
     assert setup["steps"] == 4
 
 
@@ -312,5 +314,5 @@ def test_record_of_a_failed_trial_keeps_reason_and_stderr(make_spec, fake_space,
     assert "RuntimeError" in record["reason"]
     assert "RuntimeError" in record["stderr_tail"]
     assert record["host_fingerprint"] == host.fingerprint
-    assert record["voxels_per_s"] is None
+    assert "voxels_per_s" not in record and record["figure_names"] == []
     assert set(FIGURES) <= set(record)

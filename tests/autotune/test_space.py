@@ -37,6 +37,7 @@ MINIMAL = """
 [workload]
 name = "mini"
 module = "workloads.fake"
+objective = { name = "voxels_per_s", unit = "voxels/s" }
 
 [knobs.mode]
 type = "categorical"
@@ -174,7 +175,7 @@ def test_choice_needing_a_missing_cpu_flag_is_dropped(
 def test_allocator_not_found_is_dropped(unet_small: SearchSpace, unet_big: SearchSpace) -> None:
     allocator = unet_small.knobs["allocator"]
     assert allocator.choices == ("system",)
-    assert set(allocator.dropped) == {"jemalloc", "tcmalloc"}
+    assert set(allocator.dropped) == {"jemalloc", "tcmalloc", "mimalloc"}
     assert not allocator.searchable()
     assert unet_big.knobs["allocator"].choices == ("system", "jemalloc", "tcmalloc")
     with pytest.raises(SpaceError, match="jemalloc was not found"):
@@ -401,9 +402,11 @@ target = "allocator"
 BAD_SPACES = [
     ("missing_file", None, "search-space file not found"),
     ("not_toml", "x = [\n", "not valid TOML"),
-    ("missing_workload", edit('[workload]\nname = "mini"\nmodule = "workloads.fake"\n', ""),
+    ("missing_workload", edit('[workload]\nname = "mini"\nmodule = "workloads.fake"\n'
+                              'objective = { name = "voxels_per_s", unit = "voxels/s" }\n', ""),
      "[workload]"),
-    ("workload_not_table", edit('[workload]\nname = "mini"\nmodule = "workloads.fake"\n',
+    ("workload_not_table", edit('[workload]\nname = "mini"\nmodule = "workloads.fake"\n'
+                                'objective = { name = "voxels_per_s", unit = "voxels/s" }\n',
                                 'workload = "mini"\n'), "[workload]"),
     ("module_path", edit('"workloads.fake"', '"workloads/fake"'), "workload.module"),
     ("module_empty_part", edit('"workloads.fake"', '"workloads..fake"'), "workload.module"),

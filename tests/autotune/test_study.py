@@ -32,6 +32,7 @@ MIXED_SPACE = """
 [workload]
 name = "fake"
 module = "workloads.fake"
+objective = { name = "voxels_per_s", unit = "voxels/s" }
 
 [knobs.mode]
 type = "categorical"

@@ -71,7 +71,7 @@ def run(params: dict[str, Any], reporter: Reporter) -> TrialResult:
     patch = int(params.get("patch", 16))
     warmup_times, step_times = reporter.time_steps(
         step, int(params.get("warmup", 1)), int(params.get("steps", 3)),
-        voxels_per_step=batch * patch**3, trial_seconds=float(params.get("trial_seconds", 0.0)),
+        work_per_step=batch * patch**3, trial_seconds=float(params.get("trial_seconds", 0.0)),
     )
     if fault == "no_result":
         raise SystemExit(0)
@@ -84,8 +84,9 @@ def run(params: dict[str, Any], reporter: Reporter) -> TrialResult:
         params,
         warmup_times,
         step_times,
-        batch=batch,
-        voxels_per_step=batch * patch**3,
+        work_per_step=batch * patch**3,
+        rate_name="voxels_per_s",
+        samples_per_step=batch,
         flops_per_step=1e9 * batch * (patch / 16) ** 3,
         setup_seconds=reporter.setup_seconds,
         effective={**observed_environment(), "layout": params.get("data_format", "channels_last")},

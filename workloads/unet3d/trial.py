@@ -208,7 +208,7 @@ def run(params: dict[str, Any], reporter: Reporter) -> TrialResult:
 
         profiler = StepProfile(profile_dir)
     warmup_times, step_times = reporter.time_steps(
-        step, s.warmup, s.steps, voxels_per_step=voxels, trial_seconds=s.trial_seconds,
+        step, s.warmup, s.steps, work_per_step=voxels, trial_seconds=s.trial_seconds,
         before_timed=profiler.start if profiler else None,
     )
     if profiler:
@@ -221,8 +221,9 @@ def run(params: dict[str, Any], reporter: Reporter) -> TrialResult:
         {**DEFAULTS, **params, "patch": ",".join(map(str, s.patch)) if len(set(s.patch)) > 1 else str(s.patch[0])},
         warmup_times,
         step_times,
-        batch=s.batch,
-        voxels_per_step=voxels,
+        work_per_step=voxels,
+        rate_name="voxels_per_s",
+        samples_per_step=s.batch,
         flops_per_step=flops,
         setup_seconds=reporter.setup_seconds,
         effective=_effective(tf, keras, s, model),
