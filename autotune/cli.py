@@ -213,6 +213,8 @@ def _workload_options(parser: argparse.ArgumentParser) -> None:
                              "(shorthand for --set trial_seconds=...)")
     parser.add_argument("--memory-cap", type=_positive_float,
                         help="MiB of resident memory one trial may use (default 75%% of the host)")
+    parser.add_argument("program", nargs=argparse.REMAINDER, metavar="-- PROGRAM [ARGS...]",
+                        help="the program a command workload runs (--workload command -- python predict.py)")
 
 
 def _one_line(message: object) -> str:
@@ -280,6 +282,17 @@ def _space_path(args: argparse.Namespace, study: Any = None) -> Path:
     return bundled_space(args.workload)
 
 
+def _study_space(args: argparse.Namespace, study: Any, host: Any) -> Any:
+    """The search space a stored study was run with, for this host (with the program a command study ran)."""
+    from autotune.space import HostFacts, load_space
+
+    space = load_space(_space_path(args, study), HostFacts.of(host))
+    command = study.user_attrs.get("command")
+    if command and space.contract is not None and space.contract.is_command:
+        space = space.with_command(command)
+    return space
+
+
 def _data_dir(args: argparse.Namespace) -> str | None:
     if args.data_dir is None:
         return None
@@ -294,6 +307,13 @@ def _setup(args: argparse.Namespace, *, software: bool) -> tuple[Any, Any, dict[
 
     host = probe_host(software=software)
     space = load_space(_space_path(args), HostFacts.of(host))
+    program = list(args.program)
+    if program and program[0] == "--":
+        program = program[1:]
+    elif program:
+        raise UserError(f"unrecognized arguments: {' '.join(program)} (a program goes after --)")
+    if program:
+        space = space.with_command(program)
     sets = list(args.sets)
     if getattr(args, "mode", None):
         sets.append(f"mode={args.mode}")
@@ -457,14 +477,13 @@ def _verify(args: argparse.Namespace) -> int:
     from autotune.console import console, format_rate
     from autotune.host import probe_host
     from autotune.launch import default_memory_cap_mb, trial_spec
-    from autotune.space import HostFacts, load_space
     from autotune.study import load_existing_study
     from autotune.verify import verify
 
     study = load_existing_study(args.storage, args.study)
     args.workload = args.workload or study.user_attrs.get("workload", "unet3d")
     host = probe_host(software=False)
-    space = load_space(_space_path(args, study), HostFacts.of(host))
+    space = _study_space(args, study, host)
     recorded = study.user_attrs.get("host_fingerprint")
     if recorded not in (None, host.fingerprint) and not args.allow_mixed_hosts:
         raise UserError(f"study {args.study!r} was recorded on host {recorded}, this host is {host.fingerprint}; "
@@ -498,13 +517,12 @@ def _report(args: argparse.Namespace) -> int:
     from autotune.console import console
     from autotune.host import probe_host
     from autotune.report import stored_host, summarize_study, write_report
-    from autotune.space import HostFacts, load_space
     from autotune.study import load_existing_study
 
     study = load_existing_study(args.storage, args.study)
     args.workload = args.workload or study.user_attrs.get("workload", "unet3d")
     host = stored_host(study) or probe_host(software=False)
-    space = load_space(_space_path(args, study), HostFacts.of(host))
+    space = _study_space(args, study, host)
     report_dir = args.report_dir or Path("reports") / args.study
     write_report(summarize_study(study, space, host, load_calibration(host)), study, report_dir)
     console.print(f"wrote {report_dir / 'report.md'}, {report_dir / 'report.html'} and {report_dir / 'best.json'}")
@@ -519,13 +537,12 @@ def _profile(args: argparse.Namespace) -> int:
     from autotune.host import probe_host
     from autotune.launch import default_memory_cap_mb
     from autotune.lock import CoreLock
-    from autotune.space import HostFacts, load_space
     from autotune.study import load_existing_study
 
     study = load_existing_study(args.storage, args.study)
     args.workload = args.workload or study.user_attrs.get("workload", "unet3d")
     host = probe_host(software=True)
-    space = load_space(_space_path(args, study), HostFacts.of(host))
+    space = _study_space(args, study, host)
     stored = op_profile.load_study_config(study, args.which, space, host)
     report_dir = args.report_dir or Path("reports") / args.study
     data_dir = _data_dir(args)

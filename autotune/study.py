@@ -474,6 +474,8 @@ def _check_pins(study: optuna.Study, space: SearchSpace, pins: Mapping[str, Any]
     if recorded is None:
         study.set_user_attr("pins", wanted)
         study.set_user_attr("workload", space.workload)
+        if space.contract is not None and space.contract.command is not None:
+            study.set_user_attr("command", list(space.contract.command))
         if space.path is not None:
             study.set_user_attr("space_path", str(Path(space.path).resolve()))
     elif recorded != wanted:

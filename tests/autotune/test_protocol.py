@@ -57,8 +57,8 @@ def test_trial_config_round_trip() -> None:
         ("[1, 2]", "not a JSON object"),
         ('{"workload": "fake", "params": {}}', "schema"),
         ('{"workload": "fake", "params": {}, "schema": 99}', "schema 99"),
-        ('{"params": {}, "schema": %d}' % SCHEMA_VERSION, "workload"),
-        ('{"workload": "fake", "params": [], "schema": %d}' % SCHEMA_VERSION, "params"),
+        (json.dumps({"params": {}, "schema": SCHEMA_VERSION}), "workload"),
+        (json.dumps({"workload": "fake", "params": [], "schema": SCHEMA_VERSION}), "params"),
     ],
 )
 def test_trial_config_rejects(text: str, message: str) -> None:
