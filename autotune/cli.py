@@ -1,9 +1,8 @@
 """The ``autotune`` command line: one small function per subcommand.
 
 User errors print one line (``autotune: error: ...``) and exit with status 2, having changed nothing
-stored; tracebacks appear only with ``--debug``. Other statuses: 1 no successful trial, 74 the study
-ran but its report could not be written (:class:`autotune.report.ReportError`), 75 cores busy under
-``--no-wait``, 130 interrupted. The password of a ``--storage`` URL never reaches an error line.
+stored; tracebacks appear only with ``--debug``. Every exit status is in :class:`autotune.exits.Exit`.
+The password of a ``--storage`` URL never reaches an error line.
 """
 
 from __future__ import annotations
@@ -15,10 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from autotune.errors import UserError
-
-EXIT_USAGE = 2
-EXIT_TRIAL_FAILED = 1
-EXIT_INTERRUPTED = 130
+from autotune.exits import Exit
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,15 +40,15 @@ def _handle(args: argparse.Namespace) -> int:
         if args.debug:
             raise
         print(f"autotune: error: {_scrub(_one_line(exc), getattr(args, 'storage', None))}", file=sys.stderr)
-        return getattr(exc, "exit_status", EXIT_USAGE)
+        return getattr(exc, "exit_status", Exit.USAGE)
     except KeyboardInterrupt:
         print("autotune: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return Exit.INTERRUPTED
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(EXIT_USAGE, f"autotune: error: {message}\n")
+        self.exit(Exit.USAGE, f"autotune: error: {message}\n")
 
 
 USAGE_TEXT = """\
@@ -344,7 +340,7 @@ def _bench(args: argparse.Namespace) -> int:
     if outcome.outcome is Outcome.OK:
         return 0
     print(f"autotune: trial {outcome.outcome.value}: {_one_line(outcome.reason)}", file=sys.stderr)
-    return EXIT_USAGE if outcome.outcome is Outcome.BAD_INPUT else EXIT_TRIAL_FAILED
+    return Exit.USAGE if outcome.outcome is Outcome.BAD_INPUT else Exit.FAILED
 
 
 def _host(args: argparse.Namespace) -> int:
@@ -509,7 +505,7 @@ def _verify(args: argparse.Namespace) -> int:
         return 0
     for reason in verdict.reasons:
         console.print(f"does not hold: {reason}")
-    return EXIT_TRIAL_FAILED
+    return Exit.FAILED
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -558,7 +554,7 @@ def _profile(args: argparse.Namespace) -> int:
         )
     except op_profile.ProfileFailed as exc:
         print(f"autotune: profile failed: {_one_line(exc)}", file=sys.stderr)
-        return EXIT_TRIAL_FAILED
+        return Exit.FAILED
     finally:
         cores.release()
     path = report_dir / f"profile-{args.which}.json"

@@ -20,11 +20,12 @@ from collections.abc import Mapping, Sequence
 from typing import NoReturn
 
 from autotune.errors import UserError
+from autotune.exits import Exit
 from autotune.export import PARAMS_VARIABLE, LaunchRecord
 from autotune.host import format_cpu_list
 
-EXIT_NOT_FOUND = 127
-EXIT_NOT_EXECUTABLE = 126
+EXIT_NOT_FOUND = Exit.NOT_FOUND
+EXIT_NOT_EXECUTABLE = Exit.NOT_EXECUTABLE
 """Exit statuses for a command that cannot be started, as POSIX shells give them."""
 
 # Python ignores these at start-up; an ignored signal stays ignored across exec, so put them back

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from autotune.errors import UserError
+from autotune.exits import Exit
 
 if TYPE_CHECKING:
     from autotune.host import HostInfo
@@ -39,7 +40,7 @@ if TYPE_CHECKING:
 LOCK_DIR_ENV = "AUTOTUNE_LOCK_DIR"
 # Exit status of a worker that finds the cores busy under --no-wait: EX_TEMPFAIL from sysexits.h,
 # "a temporary failure; the user is invited to retry later".
-EXIT_BUSY = 75
+EXIT_BUSY = Exit.CORES_BUSY
 # Longest wait for another worker's study set-up (opening, checks, enqueueing take well under a second).
 SETUP_LOCK_TIMEOUT_S = 120.0
 POLL_SECONDS = 0.05

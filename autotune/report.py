@@ -21,6 +21,7 @@ from autotune.calibrate import Calibration
 from autotune.confirm import CONFIRMATION_ATTR, Confirmation, paired_speedup
 from autotune.console import console, format_rate
 from autotune.errors import UserError
+from autotune.exits import Exit
 from autotune.files import atomic_write
 from autotune.host import HostInfo
 from autotune.measure import bootstrap_ratio_ci
@@ -34,7 +35,7 @@ ROLES = ("baseline", "vendor_recommended", "best")
 BEST_KIND = "autotune-best"
 # Exit status when the report cannot be written (a full disk): EX_IOERR from sysexits.h. Not 2: the
 # study did run, and status 2 promises that bad input changed nothing.
-EXIT_REPORT_NOT_WRITTEN = 74
+EXIT_REPORT_NOT_WRITTEN = Exit.REPORT_NOT_WRITTEN
 
 
 class ReportError(UserError):

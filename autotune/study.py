@@ -40,6 +40,7 @@ from autotune.confirm import (
 )
 from autotune.console import console, format_figure, format_rate
 from autotune.errors import UserError
+from autotune.exits import Exit
 from autotune.host import HostInfo
 from autotune.launch import default_memory_cap_mb, trial_spec
 from autotune.lock import CoreLock, CoresBusy, study_setup_lock
@@ -168,7 +169,7 @@ def run_study(
                           f"`autotune report --study {name} --report-dir DIR` (same --storage, --space)") from None
     print_summary(summary, report_dir, loop.stats)
     if interrupted:
-        return 130
+        return Exit.INTERRUPTED
     return 0 if summary.best is not None else 1
 
 
