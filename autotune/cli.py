@@ -319,19 +319,15 @@ def _setup(args: argparse.Namespace, *, software: bool) -> tuple[Any, Any, dict[
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from autotune.console import print_bench
-    from autotune.launch import default_memory_cap_mb, trial_spec
+    from autotune.console import console, print_bench
     from autotune.protocol import Outcome
     from autotune.record import trial_record
-    from autotune.runner import TrialRunner
 
     host, space, pins = _setup(args, software=False)
     config = space.reference(args.start, pins)
-    spec = trial_spec(
-        space, config, host, data_dir=_data_dir(args), timeout_s=args.trial_timeout,
-        memory_cap_mb=args.memory_cap or default_memory_cap_mb(host),
-    )
-    outcome = TrialRunner().run(spec)
+    measurer = _measurer(args, space, host)
+    spec, outcome = measurer.measure(config, "bench", on_busy=lambda holder: console.print(
+        f"waiting for the cores: another autotune worker is measuring ({holder})"))
     record = trial_record(config, spec, outcome, host)
     if args.json:
         print(json.dumps(record, sort_keys=True))
@@ -341,6 +337,14 @@ def _bench(args: argparse.Namespace) -> int:
         return 0
     print(f"autotune: trial {outcome.outcome.value}: {_one_line(outcome.reason)}", file=sys.stderr)
     return Exit.USAGE if outcome.outcome is Outcome.BAD_INPUT else Exit.FAILED
+
+
+def _measurer(args: argparse.Namespace, space: Any, host: Any) -> Any:
+    """The measuring object of a command, from its workload options."""
+    from autotune.measurer import Measurer
+
+    return Measurer(space, host, data_dir=_data_dir(args), timeout_s=args.trial_timeout,
+                    memory_cap_mb=args.memory_cap, wait=getattr(args, "wait", True))
 
 
 def _host(args: argparse.Namespace) -> int:
@@ -531,32 +535,24 @@ def _profile(args: argparse.Namespace) -> int:
     from autotune import profile as op_profile
     from autotune.console import console
     from autotune.host import probe_host
-    from autotune.launch import default_memory_cap_mb
-    from autotune.lock import CoreLock
+    from autotune.report import load_study_config
     from autotune.study import load_existing_study
 
     study = load_existing_study(args.storage, args.study)
     args.workload = args.workload or study.user_attrs.get("workload", "unet3d")
     host = probe_host(software=True)
     space = _study_space(args, study, host)
-    stored = op_profile.load_study_config(study, args.which, space, host)
+    stored = load_study_config(study, args.which, space, host)
     report_dir = args.report_dir or Path("reports") / args.study
-    data_dir = _data_dir(args)
-    cores = CoreLock.for_host(host)
-    if not cores.try_acquire(f"profile {args.study}"):
-        console.print(f"waiting for the cores: {cores.holder()} is measuring")
-        cores.acquire(f"profile {args.study}")
-    console.print(f"profiling the {args.which} configuration (trial {stored.trial}), {args.steps} steps")
-    try:
-        breakdown = op_profile.profile_config(
-            space, stored.config, host, data_dir=data_dir, timeout_s=args.trial_timeout,
-            memory_cap_mb=args.memory_cap or default_memory_cap_mb(host), steps=args.steps,
-        )
-    except op_profile.ProfileFailed as exc:
-        print(f"autotune: profile failed: {_one_line(exc)}", file=sys.stderr)
-        return Exit.FAILED
-    finally:
-        cores.release()
+    measurer = _measurer(args, space, host)
+    with measurer.holding(f"profile {args.study}", lambda holder: console.print(
+            f"waiting for the cores: {holder} is measuring")):
+        console.print(f"profiling the {args.which} configuration (trial {stored.trial}), {args.steps} steps")
+        try:
+            breakdown = op_profile.profile_config(measurer, stored.config, steps=args.steps)
+        except op_profile.ProfileFailed as exc:
+            print(f"autotune: profile failed: {_one_line(exc)}", file=sys.stderr)
+            return Exit.FAILED
     path = report_dir / f"profile-{args.which}.json"
     op_profile.write_profile(path, op_profile.profile_document(stored, breakdown, host))
     shown = {args.which: breakdown}

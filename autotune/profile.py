@@ -7,9 +7,9 @@ into that folder before its result (``workloads/unet3d/profile.py`` reads the tr
 count per op type, the slowest individual ops). This module reads that document into a
 :class:`Breakdown`, puts every op type in a category (:func:`categorize`), and renders breakdowns:
 :func:`markdown_table` shows several side by side, :func:`compare` names the biggest difference
-between the baseline and the best in one sentence. ``autotune profile`` (:func:`load_study_config`,
-:func:`profile_document`) profiles a stored study's baseline, best or vendor-recommended
-configuration.
+between the baseline and the best in one sentence. ``autotune profile`` (with
+:func:`autotune.report.load_study_config` and :func:`profile_document`) profiles a stored study's
+baseline, best or vendor-recommended configuration.
 
 The driver never imports TensorFlow: the child aggregates the trace, this module only categorises.
 """
@@ -29,17 +29,21 @@ from typing import TYPE_CHECKING, Any
 
 from autotune.errors import UserError
 from autotune.files import atomic_write
-from autotune.protocol import SCHEMA_VERSION, Outcome, ProtocolError, TrialConfig
+from autotune.protocol import Outcome, ProtocolError, TrialConfig
 
 if TYPE_CHECKING:
     from autotune.host import HostInfo
-    from autotune.runner import TrialOutcome, TrialRunner
-    from autotune.space import SearchSpace
+    from autotune.measurer import Measurer
+    from autotune.runner import TrialOutcome
 
 # The document the workload writes into its profile_dir (workloads/unet3d/profile.py writes it).
 BREAKDOWN_FILE = "breakdown.json"
 BREAKDOWN_KIND = "autotune-op-breakdown"
 PROFILE_KIND = "autotune-profile"
+# Version of the profile-<config>.json document (its own: the trial protocol has its own number).
+PROFILE_SCHEMA = 1
+# Version of the breakdown.json a profiling child writes (workloads/unet3d/profile.py writes the same).
+BREAKDOWN_SCHEMA = 1
 # Timed steps recorded under the profiler: enough to smooth one slow step, few enough to stay quick.
 PROFILE_STEPS = 3
 # What `autotune profile --config` accepts, and the study role each one names.
@@ -206,7 +210,7 @@ class Breakdown:
     busy_seconds: float
     by_type: tuple[OpTime, ...]
     top_ops: tuple[OpTime, ...] = ()
-    schema: int = SCHEMA_VERSION
+    schema: int = BREAKDOWN_SCHEMA
 
     @property
     def op_seconds(self) -> float:
@@ -254,9 +258,9 @@ class Breakdown:
         """
         if not isinstance(data, Mapping) or data.get("kind") != BREAKDOWN_KIND:
             raise ProtocolError("not an autotune op-time breakdown")
-        if data.get("schema") != SCHEMA_VERSION:
+        if data.get("schema") != BREAKDOWN_SCHEMA:
             raise ProtocolError(
-                f"breakdown has schema {data.get('schema')!r}, this autotune reads {SCHEMA_VERSION}"
+                f"breakdown has schema {data.get('schema')!r}, this autotune reads {BREAKDOWN_SCHEMA}"
             )
         steps, wall, busy = data.get("steps"), data.get("wall_seconds"), data.get("busy_seconds")
         if not _integer(steps) or steps < 1:
@@ -295,40 +299,26 @@ class ProfileFailed(Exception):
         self.outcome = outcome
 
 
-def profile_config(
-    space: SearchSpace,
-    config: Mapping[str, Any],
-    host: HostInfo,
-    *,
-    data_dir: str | None = None,
-    timeout_s: float = 600.0,
-    memory_cap_mb: float | None = None,
-    steps: int = PROFILE_STEPS,
-    runner: TrialRunner | None = None,
-) -> Breakdown:
+def profile_config(measurer: Measurer, config: Mapping[str, Any], *, steps: int = PROFILE_STEPS) -> Breakdown:
     """Run ``config`` once under the TensorFlow profiler and return its op-time breakdown.
 
     The run is a trial in every respect (fresh subprocess, the config's environment and CPU pinning,
-    timeout and memory cap) except: ``steps`` timed steps exactly, at least one warm-up step (XLA
-    compiles there), and the profiler on during the timed steps, so its step times are not figures
-    of record. It does not take the host's core lock: the caller does (``autotune profile`` does).
+    timeout and memory cap, all from ``measurer``) except: ``steps`` timed steps exactly, at least one
+    warm-up step (XLA compiles there), and the profiler on during the timed steps, so its step times are
+    not figures of record. The caller holds the cores (:meth:`Measurer.holding`).
 
     Raises:
         ProfileFailed: The run failed, or left no readable breakdown.
         UserError: The configuration cannot be launched on this host.
     """
-    from autotune.launch import trial_spec
-    from autotune.runner import TrialRunner
-
-    spec = trial_spec(space, config, host, data_dir=data_dir, timeout_s=timeout_s,
-                      memory_cap_mb=memory_cap_mb)
     with tempfile.TemporaryDirectory(prefix="autotune-profile-") as folder:
-        params = {**spec.config.params, "steps": steps, "profile_dir": folder}
+        spec = measurer.spec(config, steps=steps, profile_dir=folder)
+        params = dict(spec.config.params)
         params["warmup"] = max(1, int(params.get("warmup", 1)))
         if "trial_seconds" in params:
             params["trial_seconds"] = 0
         trial_config = TrialConfig(workload=spec.config.workload, params=params)
-        outcome = (runner or TrialRunner()).run(dataclasses.replace(spec, config=trial_config))
+        outcome = measurer.runner.run(dataclasses.replace(spec, config=trial_config))
         if outcome.outcome is not Outcome.OK:
             reason = f"the profiling run {outcome.outcome.value}: {outcome.reason}"
             raise ProfileFailed(reason, outcome)
@@ -481,36 +471,10 @@ class StudyConfig:
     host_fingerprint: str | None
 
 
-def load_study_config(study: Any, which: str, space: SearchSpace, host: HostInfo) -> StudyConfig:
-    """The baseline, best or vendor configuration of a loaded study, completed by ``space``.
-
-    ``best`` is the report's best (the confirmation stage's winner when one ran).
-
-    Raises:
-        UserError: ``which`` is unknown, or the study has no successful trial of that role.
-    """
-    from autotune.report import summarize_study
-
-    if which not in CONFIG_ROLES:
-        raise UserError(f"--config {which!r}: expected one of {', '.join(CONFIG_ROLES)}")
-    record = summarize_study(study, space, host).configs.get(CONFIG_ROLES[which])
-    if not record or not isinstance(record.get("config"), Mapping):
-        role = CONFIG_ROLES[which]
-        raise UserError(f"study {study.study_name!r} has no successful {role} trial to profile")
-    return StudyConfig(
-        study=study.study_name,
-        workload=space.workload,
-        which=which,
-        trial=int(record["trial"]),
-        config=space.configure(record["config"]),
-        host_fingerprint=study.user_attrs.get("host_fingerprint"),
-    )
-
-
 def profile_document(stored: StudyConfig, breakdown: Breakdown, host: HostInfo) -> dict[str, Any]:
     """The versioned ``profile-<config>.json`` document."""
     return {
-        "schema": SCHEMA_VERSION,
+        "schema": PROFILE_SCHEMA,
         "kind": PROFILE_KIND,
         "study": stored.study,
         "workload": stored.workload,
@@ -536,8 +500,8 @@ def load_profile(path: Path) -> Breakdown:
         raise UserError(f"{path}: file not found") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise UserError(f"{path}: cannot read: {exc}") from None
-    if not isinstance(data, dict) or (data.get("kind"), data.get("schema")) != (PROFILE_KIND, SCHEMA_VERSION):
-        raise UserError(f"{path}: not an autotune profile of schema {SCHEMA_VERSION}")
+    if not isinstance(data, dict) or (data.get("kind"), data.get("schema")) != (PROFILE_KIND, PROFILE_SCHEMA):
+        raise UserError(f"{path}: not an autotune profile of schema {PROFILE_SCHEMA}")
     try:
         return Breakdown.from_dict(data.get("breakdown"))
     except ProtocolError as exc:

@@ -27,6 +27,7 @@ from autotune.host import HostInfo
 from autotune.measure import bootstrap_ratio_ci
 from autotune.page import Section, to_html, to_markdown
 from autotune.plots import IMPORTANCE_METHOD, Figures, draw, plotly_js
+from autotune.profile import CONFIG_ROLES, StudyConfig
 from autotune.protocol import SCHEMA_VERSION
 from autotune.record import FIGURES
 from autotune.space import SearchSpace
@@ -554,3 +555,27 @@ def load_best(path: Path) -> dict[str, Any]:
     if data.get("schema") != SCHEMA_VERSION:
         raise UserError(f"{path}: schema {data.get('schema')!r}, this autotune reads {SCHEMA_VERSION}")
     return data
+
+
+def load_study_config(study: optuna.Study, which: str, space: SearchSpace, host: HostInfo) -> StudyConfig:
+    """The baseline, best or vendor configuration of a loaded study, completed by ``space``.
+
+    ``best`` is the report's best (the confirmation stage's winner when one ran).
+
+    Raises:
+        UserError: ``which`` is unknown, or the study has no successful trial of that role.
+    """
+    if which not in CONFIG_ROLES:
+        raise UserError(f"--config {which!r}: expected one of {', '.join(CONFIG_ROLES)}")
+    record = summarize_study(study, space, host).configs.get(CONFIG_ROLES[which])
+    if not record or not isinstance(record.get("config"), Mapping):
+        role = CONFIG_ROLES[which]
+        raise UserError(f"study {study.study_name!r} has no successful {role} trial to profile")
+    return StudyConfig(
+        study=study.study_name,
+        workload=space.workload,
+        which=which,
+        trial=int(record["trial"]),
+        config=space.configure(record["config"]),
+        host_fingerprint=study.user_attrs.get("host_fingerprint"),
+    )
