@@ -130,8 +130,9 @@ def _speedup_chart(figures: Figures, folder: Path, speedups: Mapping[str, Bar], 
     figure, axes = plt.subplots(figsize=(7, 4))
     axes.bar(labels, values, color=["#999999", "#4c72b0", "#dd8452"][: len(values)],
              yerr=[below, above] if errors else None, capsize=6 if errors else 0)
-    for x, value in enumerate(values):
-        axes.annotate(f"{value:.2f}x", (x, value), ha="left", va="bottom", xytext=(4, 0), textcoords="offset points")
+    for x, (value, extra) in enumerate(zip(values, above, strict=True)):
+        axes.annotate(f"{value:.2f}x", (x, value + extra), ha="center", va="bottom", xytext=(0, 3),
+                      textcoords="offset points")
     axes.set_ylabel(axis)
     axes.set_title(f"{title}\n({note})" if note else title)
     name = _file_name(title)

@@ -267,7 +267,7 @@ def test_verify_detects_an_injected_regression(space, host, monkeypatch):
     assert "confirmation" in study.user_attrs and "verification" in study.user_attrs
 
 
-def test_run_study_confirms_and_reports_paired_speedup(tmp_path, host, fake_space):
+def test_run_study_confirms_and_reports_paired_speedup(tmp_path, host, fake_space, capsys):
     import json
 
     from autotune.study import RunOptions, run_study
@@ -289,3 +289,6 @@ def test_run_study_confirms_and_reports_paired_speedup(tmp_path, host, fake_spac
     report = (tmp_path / "r" / "report.md").read_text()
     assert "paired ratios over 2 interleaved confirmation rounds" in report
     assert "50% interval" in report and "95%" not in report
+    printed = " ".join(capsys.readouterr().out.split())
+    assert "best speedup vs baseline:" in printed and "50% interval); median of paired ratios" in printed
+    assert "What is estimated: the median over rounds of the paired throughput ratio" in printed
