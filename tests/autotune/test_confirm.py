@@ -62,6 +62,14 @@ default = 1
 target = "param"
 search = false
 
+[knobs.trial_seconds]
+type = "float"
+low = 0.0
+high = 60.0
+default = 0.0
+target = "param"
+search = false
+
 [knobs.step_seconds]
 type = "float"
 low = 0.0
@@ -251,6 +259,19 @@ def test_estimate_counts_one_selection_round_and_the_estimation_rounds(space):
     assert estimate_seconds(study, space, 2, 5, 1) == pytest.approx((15 + 16) + 5 * (16 + 20 + 70))
     assert estimate_seconds(study, space, 2, 5, 0) == pytest.approx(5 * (16 + 20 + 70))
     assert estimate_seconds(study, space, 1, 3, 1) == pytest.approx(3 * (15 + 20 + 70))
+
+
+def test_estimate_counts_the_shorter_confirmation_runs(space):
+    study = optuna.create_study(direction="maximize")
+    calibrated = {"trial_seconds": 6.0, "steps": 20}
+    add(study, space.configure({**space.reference("baseline"), **calibrated}), 1000.0, role="baseline",
+        wall_seconds=70.0, median_step_s=16.0, step_seconds=[16.0] * 3)
+    add(study, space.configure({"slowdown": 1.5, **calibrated}), 9000.0, wall_seconds=15.0, median_step_s=0.3,
+        step_seconds=[0.3] * 4)
+    candidates = candidates_of(study, space, 1)
+    assert [c.timed_steps for c in candidates] == [4, 1]
+    # The baseline times one 16 s step instead of three: 70 - 2 x 16 = 38 s a round.
+    assert estimate_seconds(study, space, 1, 5, 1) == pytest.approx(5 * (15 + 38))
 
 
 def test_verify_detects_an_injected_regression(space, host, monkeypatch):
