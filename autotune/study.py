@@ -261,7 +261,8 @@ def _confirm(
                           timeout_s=options.trial_timeout_s, memory_cap_mb=memory_cap)
 
     def on_run(run: Run) -> None:
-        figure = f"{format_rate(run.voxels_per_s)} voxels/s (CV {run.cv:.1%})" if run.voxels_per_s else run.outcome
+        spread = f"CV {run.cv:.1%}" if len(run.step_seconds) > 1 else f"{len(run.step_seconds)} timed step"
+        figure = f"{format_rate(run.voxels_per_s)} voxels/s ({spread})" if run.voxels_per_s else run.outcome
         stage = "selection" if run.stage == SELECT else "estimation"
         console.print(f"  {stage} round {run.round + 1}: {run.label}: {figure}")
 
