@@ -91,8 +91,12 @@ def _parser() -> argparse.ArgumentParser:
                      help="let this host add trials to a study recorded on a different host")
     run.add_argument("--confirm-top", type=_positive_int, default=3,
                      help="search candidates re-measured in the confirmation stage (default 3)")
-    run.add_argument("--confirm-repeats", type=int, default=3,
-                     help="interleaved confirmation rounds; 0 skips the stage (default 3)")
+    run.add_argument("--confirm-select-rounds", type=_non_negative_int, default=1,
+                     help="rounds of the finalists alone that choose the winner; 0 lets the search choose "
+                          "(default 1)")
+    run.add_argument("--confirm-repeats", type=_non_negative_int, default=5,
+                     help="estimation rounds of the winner, vendor config and baseline that measure the speedups; "
+                          "0 skips the confirmation stage (default 5: a 93.75%% interval)")
     run.add_argument("--no-profile", dest="profile", action="store_false",
                      help="skip the op-time breakdown of the baseline and the best at the end")
     run.add_argument("--no-prune", dest="prune", action="store_false",
@@ -129,7 +133,8 @@ def _parser() -> argparse.ArgumentParser:
     verify.add_argument("--storage", help="Optuna storage URL (default: sqlite:///autotune.db here)")
     verify.add_argument("--workload", help="workload name (default: the study's)")
     verify.add_argument("--space", type=Path, help="search-space file (default search_spaces/<workload>.toml)")
-    verify.add_argument("--repeats", type=_positive_int, default=3, help="interleaved rounds (default 3)")
+    verify.add_argument("--repeats", type=_positive_int, default=5,
+                        help="interleaved rounds (default 5: a 93.75%% interval)")
     verify.add_argument("--data-dir", type=Path, help="BraTS folder (default: synthetic data in the cache)")
     verify.add_argument("--trial-timeout", type=_positive_float, default=600.0,
                         help="seconds one trial may take (default 600)")
@@ -242,6 +247,16 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is negative")
     return value
 
 
@@ -388,7 +403,8 @@ def _run(args: argparse.Namespace) -> int:
         allow_mixed_hosts=args.allow_mixed_hosts,
         prune=args.prune,
         confirm_top=args.confirm_top,
-        confirm_repeats=max(0, args.confirm_repeats),
+        confirm_repeats=args.confirm_repeats,
+        confirm_select_rounds=args.confirm_select_rounds,
         full_report=True,
         profile=args.profile,
         wait_for_cores=args.wait,
@@ -476,6 +492,7 @@ def _exec(args: argparse.Namespace) -> int:
 def _verify(args: argparse.Namespace) -> int:
     from autotune.console import console, format_rate
     from autotune.host import probe_host
+    from autotune.intervals import percent
     from autotune.launch import default_memory_cap_mb, trial_spec
     from autotune.study import load_existing_study
     from autotune.verify import verify
@@ -502,8 +519,9 @@ def _verify(args: argparse.Namespace) -> int:
     console.print(f"winner throughput: {rate} voxels/s now, {format_rate(verdict.stored_rate)} stored")
     if verdict.speedup and verdict.stored_speedup:
         new, old = verdict.speedup, verdict.stored_speedup
-        console.print(f"speedup over baseline: {new[0]:.2f}x ({new[1]:.2f}-{new[2]:.2f}) now, "
-                      f"{old[0]:.2f}x ({old[1]:.2f}-{old[2]:.2f}) stored")
+        console.print(f"speedup over baseline: {new[0]:.2f}x ({new[1]:.2f}-{new[2]:.2f}, {percent(verdict.level)} "
+                      f"interval, {verdict.rounds} rounds) now, {old[0]:.2f}x ({old[1]:.2f}-{old[2]:.2f}, "
+                      f"{percent(verdict.stored_level)} interval, {verdict.stored_rounds} rounds) stored")
     if verdict.holds:
         console.print("the stored result holds")
         return 0

@@ -1,16 +1,36 @@
-"""The confirmation stage: re-measure the top candidates and the references, interleaved.
+"""The confirmation stage: choose the winner on some rounds, measure its speedup on others.
 
-The single fastest search trial is often luck on a noisy machine. After the search, the top few
-distinct configurations, the vendor-recommended config and the baseline are each re-measured in fresh
-processes, round after round in the same order (A B C V base, A B C V base, ...), so slow drifts of the
-machine hit every candidate alike. The winner is the candidate with the highest median throughput over
-the rounds; its speedup over the baseline is the median of the per-round (paired) ratios, with a 95%
-percentile-bootstrap interval over those ratios. The stage's runs are stored in the study's user
-attribute ``confirmation`` after every run, so an interruption loses nothing measured.
+The single fastest search trial is often luck on a noisy machine, and picking the best of a few
+near-tied finalists and then measuring its speedup on the same runs biases the speedup upward. So the
+stage has two parts, each of fresh processes run back to back in rounds:
+
+1. **Selection rounds** (``select_rounds``, default 1): the top few distinct search configurations
+   (the finalists) alone, ``A B C, A B C, ...``. The winner is the finalist with the highest median
+   throughput over these rounds. With one finalist (or ``select_rounds`` 0) the search chose it.
+2. **Estimation rounds** (``repeats``, default 5): the winner, the vendor-recommended config and the
+   baseline, ``W V base, W V base, ...``. Each speedup is the median over these rounds of the paired
+   throughput ratio (winner / reference in the same round, so a drift of the machine common to a round
+   cancels), with the distribution-free order-statistic interval of that median
+   (:func:`autotune.intervals.median_interval`) and the level it achieves: 5 rounds give 93.75%.
+   Only these rounds enter the estimate; the selection rounds and the search never do.
+
+What is estimated: the median, over rounds on this host, of the paired throughput ratio. Rounds are
+the unit of replication because the spread between processes (5-9% between rounds for the finalists
+on the development host) dominates the spread of steps inside one (CVs of 1-5%). For the same reason a
+confirmation run times fewer steps than a search trial: about :data:`CONFIRM_TIMED_SECONDS` of timed
+steps (at least one, never more than its search trial ran). One 16 s step of the 128^3 baseline then
+replaces three, and the time saved pays for the extra rounds.
+
+The stage's runs are stored in the study's user attribute ``confirmation`` after every run, so an
+interruption loses nothing measured. A confirmation stored by an older autotune (every round ran every
+candidate, and the same rounds chose the winner and measured its speedup) is read as such: its
+interval is recomputed by the order-statistic method (3 rounds: 75%) and marked as chosen on the same
+runs.
 """
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -18,15 +38,34 @@ from typing import Any
 
 import optuna
 
-from autotune.measure import bootstrap_median_ci
+from autotune.intervals import METHOD_TEXT, median_interval
 from autotune.protocol import Outcome
 from autotune.runner import TrialOutcome, TrialRunner, TrialSpec
 from autotune.space import SearchSpace
 
 CONFIRMATION_ATTR = "confirmation"
 DEFAULT_TOP = 3
-DEFAULT_REPEATS = 3
+DEFAULT_SELECT_ROUNDS = 1
+# Five estimation rounds: the order-statistic interval [min, max] of 5 paired ratios covers their
+# median with probability 1 - 2 * 0.5**5 = 93.75%; 3 rounds would give 75%, 4 rounds 87.5%.
+DEFAULT_REPEATS = 5
 REFERENCE_LABELS = ("vendor_recommended", "baseline")
+
+SELECT = "select"
+ESTIMATE = "estimate"
+# How the winner was chosen (Confirmation.chosen_by).
+BY_SELECTION = "selection rounds"
+BY_SEARCH = "search"
+BY_SAME_RUNS = "same runs"  # confirmations stored before schema 2: biased upward, said so
+
+# Timed seconds of one confirmation run. Between-process spread (5-9%) dominates within-process
+# spread (step CVs 1-5%) on the development host, so a run's median over a few steps is as good as
+# over many: sqrt(0.07**2 + 0.02**2) = 7.3% against 7.0% with a perfectly timed run.
+CONFIRM_TIMED_SECONDS = 3.0
+# The harness knobs that set a trial's timed steps (workloads/harness.py: `steps`, `trial_seconds`);
+# a workload without them runs its confirmation runs as its search trials.
+STEPS_KNOB = "steps"
+TRIAL_SECONDS_KNOB = "trial_seconds"
 
 
 @dataclass(frozen=True)
@@ -37,16 +76,25 @@ class Candidate:
         label: ``baseline``, ``vendor_recommended`` or ``trial N``.
         trial: The search trial it comes from.
         config: Its complete configuration.
+        timed_steps: Timed steps of a confirmation run (see :data:`CONFIRM_TIMED_SECONDS`); None runs
+            it as its search trial ran.
     """
 
     label: str
     trial: int
     config: Mapping[str, Any]
+    timed_steps: int | None = None
+
+    def run_config(self) -> dict[str, Any]:
+        """The configuration a confirmation run uses: ``config`` with ``timed_steps`` exactly."""
+        if self.timed_steps is None:
+            return dict(self.config)
+        return {**self.config, STEPS_KNOB: self.timed_steps, TRIAL_SECONDS_KNOB: 0.0}
 
 
 @dataclass(frozen=True)
 class Run:
-    """One re-measurement of one candidate in one round."""
+    """One re-measurement of one candidate in one round of a stage (:data:`SELECT` or :data:`ESTIMATE`)."""
 
     label: str
     round: int
@@ -55,6 +103,7 @@ class Run:
     median_step_s: float | None = None
     cv: float | None = None
     step_seconds: list[float] = field(default_factory=list)
+    stage: str = ESTIMATE
 
 
 @dataclass(frozen=True)
@@ -62,18 +111,23 @@ class Confirmation:
     """What the confirmation stage found.
 
     Attributes:
-        candidates: What was re-measured, in run order.
+        candidates: What was re-measured, in run order (finalists, then the references).
         runs: Every run, in order.
-        winner: Label of the candidate with the highest median throughput over the rounds.
-        rates: Median voxels/s over the rounds, per label.
-        speedups: ``vs_baseline`` and ``vs_vendor``: median paired ratio and its 95% interval.
+        winner: Label of the chosen finalist (None until chosen, or when none ran successfully).
+        rates: Median voxels/s over the estimation rounds, per label.
+        speedups: ``vs_baseline`` and ``vs_vendor``: see :func:`paired_speedup`.
+        selection: Median voxels/s over the selection rounds, per finalist.
+        chosen_by: How the winner was chosen: :data:`BY_SELECTION`, :data:`BY_SEARCH`, or
+            :data:`BY_SAME_RUNS` (an older study: the estimation rounds themselves).
     """
 
     candidates: list[Candidate]
     runs: list[Run]
     winner: str | None
     rates: dict[str, float]
-    speedups: dict[str, dict[str, float] | None]
+    speedups: dict[str, dict[str, Any] | None]
+    selection: dict[str, float] = field(default_factory=dict)
+    chosen_by: str = BY_SELECTION
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready data (stored in the study)."""
@@ -81,18 +135,26 @@ class Confirmation:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Confirmation:
-        """Inverse of :meth:`to_dict`."""
-        return cls(
-            candidates=[Candidate(**c) for c in data["candidates"]],
-            runs=[Run(**r) for r in data["runs"]],
-            winner=data["winner"],
-            rates=dict(data["rates"]),
-            speedups=dict(data["speedups"]),
-        )
+        """Inverse of :meth:`to_dict`; reads older confirmations too (see the module docstring).
+
+        The figures are recomputed from the runs, so an older study gets today's intervals.
+        """
+        return decide([Candidate(**c) for c in data["candidates"]], [Run(**r) for r in data["runs"]],
+                      data["winner"], data.get("chosen_by", BY_SAME_RUNS))
 
     def candidate(self, label: str) -> Candidate | None:
         """The candidate called ``label``."""
         return next((c for c in self.candidates if c.label == label), None)
+
+    @property
+    def rounds(self) -> int:
+        """Estimation rounds run."""
+        return len({r.round for r in self.runs if r.stage == ESTIMATE})
+
+    @property
+    def selection_rounds(self) -> int:
+        """Selection rounds run."""
+        return len({r.round for r in self.runs if r.stage == SELECT})
 
 
 def candidates_of(study: optuna.Study, space: SearchSpace, top: int) -> list[Candidate]:
@@ -107,7 +169,7 @@ def candidates_of(study: optuna.Study, space: SearchSpace, top: int) -> list[Can
         for trial in trials:
             if trial.user_attrs.get("role") == role:
                 keys.add(space.fingerprint_config(space.configure(trial.user_attrs["config"])))
-                chosen.append(Candidate(role, trial.number, trial.user_attrs["config"]))
+                chosen.append(_candidate(role, trial))
                 break
     ranked = []
     for trial in sorted(trials, key=lambda t: t.value, reverse=True):
@@ -115,19 +177,74 @@ def candidates_of(study: optuna.Study, space: SearchSpace, top: int) -> list[Can
         if key in keys:
             continue
         keys.add(key)
-        ranked.append(Candidate(f"trial {trial.number}", trial.number, trial.user_attrs["config"]))
+        ranked.append(_candidate(f"trial {trial.number}", trial))
         if len(ranked) == top:
             break
     return ranked + chosen
 
 
-def estimate_seconds(study: optuna.Study, space: SearchSpace, top: int, repeats: int) -> float:
-    """Wall time the confirmation stage will take, from the candidates' own trial times."""
+def _candidate(label: str, trial: optuna.trial.FrozenTrial) -> Candidate:
+    config = trial.user_attrs["config"]
+    return Candidate(label, trial.number, config, timed_steps(config, trial.user_attrs))
+
+
+def timed_steps(config: Mapping[str, Any], record: Mapping[str, Any]) -> int | None:
+    """Timed steps of a confirmation run of a configuration whose search trial is ``record``.
+
+    About :data:`CONFIRM_TIMED_SECONDS` at the trial's median step time, at least one and never more
+    than the trial ran. None (run as in the search) when the workload has no ``steps`` and
+    ``trial_seconds`` knobs, or the user asked for an exact step count (``trial_seconds`` 0).
+    """
+    if STEPS_KNOB not in config or not float(config.get(TRIAL_SECONDS_KNOB) or 0) > 0:
+        return None
+    ran, step = len(record.get("step_seconds") or ()), record.get("median_step_s")
+    if not ran or not step or step <= 0:
+        return None
+    return max(1, min(ran, math.ceil(CONFIRM_TIMED_SECONDS / step)))
+
+
+def finalists_of(candidates: list[Candidate]) -> list[Candidate]:
+    """The candidates the winner is chosen from: the search's, or the references when it has none."""
+    found = [c for c in candidates if c.label not in REFERENCE_LABELS]
+    return found or [c for c in candidates if c.label in REFERENCE_LABELS]
+
+
+def run_seconds(record: Mapping[str, Any], steps: int | None) -> float:
+    """Wall time of one confirmation run of the trial ``record``, running ``steps`` timed steps."""
+    wall = float(record.get("wall_seconds") or 0.0)
+    ran = len(record.get("step_seconds") or ())
+    if steps is None or steps >= ran:
+        return wall
+    return max(0.0, wall - (ran - steps) * float(record.get("median_step_s") or 0.0))
+
+
+def estimate_seconds(
+    study: optuna.Study, space: SearchSpace, top: int, repeats: int,
+    select_rounds: int = DEFAULT_SELECT_ROUNDS,
+) -> float:
+    """Wall time the confirmation stage will take, from the candidates' own trial times.
+
+    Selection rounds run every finalist; estimation rounds run the winner (not known yet: the slowest
+    finalist is assumed) and the references. Each run is its search trial's wall time less the timed
+    steps it leaves out (:func:`timed_steps`).
+    """
     by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
-    total = 0.0
-    for candidate in candidates_of(study, space, top):
-        total += float(by_number[candidate.trial].user_attrs.get("wall_seconds") or 0.0)
-    return total * repeats
+    candidates = candidates_of(study, space, top)
+    cost = {c.label: run_seconds(by_number[c.trial].user_attrs, c.timed_steps) for c in candidates}
+    finalists = finalists_of(candidates)
+    if not finalists:
+        return 0.0
+    select = select_rounds * sum(cost[c.label] for c in finalists) if len(finalists) > 1 else 0.0
+    winner = max(finalists, key=lambda c: cost[c.label])
+    references = [c for c in candidates if c.label in REFERENCE_LABELS and c.label != winner.label]
+    return select + repeats * (cost[winner.label] + sum(cost[c.label] for c in references))
+
+
+def rerun_seconds(study: optuna.Study, space: SearchSpace, top: int) -> float:
+    """Wall time of running the top ``top`` candidates and the references once, as their trials ran."""
+    by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
+    return sum(float(by_number[c.trial].user_attrs.get("wall_seconds") or 0.0)
+               for c in candidates_of(study, space, top))
 
 
 def confirm(
@@ -136,73 +253,124 @@ def confirm(
     make_spec: Callable[[Mapping[str, Any]], TrialSpec],
     *,
     repeats: int = DEFAULT_REPEATS,
+    select_rounds: int = DEFAULT_SELECT_ROUNDS,
     runner: TrialRunner | None = None,
     on_run: Callable[[Run], None] | None = None,
     attr: str = CONFIRMATION_ATTR,
 ) -> Confirmation:
-    """Re-measure ``candidates`` for ``repeats`` interleaved rounds and decide.
+    """Choose the winner in selection rounds, then measure it against the references.
 
     Args:
         study: Where the stage's runs are stored (user attribute ``attr``).
-        candidates: What to re-measure, in the order of each round.
+        candidates: Finalists, then the references (as :func:`candidates_of` returns them).
         make_spec: Builds the launch spec of a configuration.
-        repeats: Rounds.
+        repeats: Estimation rounds (winner, vendor, baseline).
+        select_rounds: Selection rounds (finalists only); none when there is one finalist.
         runner: Runs the trials.
         on_run: Called after every run (progress).
         attr: Study user attribute the result is stored under.
     """
     runner = runner or TrialRunner()
     runs: list[Run] = []
-    result = decide(candidates, runs)
+    finalists = finalists_of(candidates)
+
+    def measure(candidate: Candidate, stage: str, round_: int, winner: str | None, chosen_by: str) -> None:
+        outcome = runner.run(make_spec(candidate.run_config()))
+        run = _run(candidate.label, round_, outcome, stage)
+        runs.append(run)
+        study.set_user_attr(attr, decide(candidates, runs, winner, chosen_by).to_dict())
+        if on_run is not None:
+            on_run(run)
+
+    if len(finalists) > 1 and select_rounds > 0:
+        for round_ in range(select_rounds):
+            for candidate in finalists:
+                measure(candidate, SELECT, round_, None, BY_SELECTION)
+        winner, chosen_by = select_winner(finalists, runs), BY_SELECTION
+    else:
+        winner, chosen_by = (finalists[0].label if finalists else None), BY_SEARCH
+    result = decide(candidates, runs, winner, chosen_by)
+    study.set_user_attr(attr, result.to_dict())
+    if winner is None:
+        return result
+    estimated = [c for c in candidates if c.label == winner]
+    estimated += [c for c in candidates if c.label in REFERENCE_LABELS and c.label != winner]
     for round_ in range(repeats):
-        for candidate in candidates:
-            outcome = runner.run(make_spec(candidate.config))
-            run = _run(candidate.label, round_, outcome)
-            runs.append(run)
-            result = decide(candidates, runs)
-            study.set_user_attr(attr, result.to_dict())
-            if on_run is not None:
-                on_run(run)
-    return result
+        for candidate in estimated:
+            measure(candidate, ESTIMATE, round_, winner, chosen_by)
+    return decide(candidates, runs, winner, chosen_by)
 
 
-def _run(label: str, round_: int, outcome: TrialOutcome) -> Run:
+def _run(label: str, round_: int, outcome: TrialOutcome, stage: str) -> Run:
     result = outcome.result
     if outcome.outcome is not Outcome.OK or result is None:
-        return Run(label, round_, outcome.outcome.value)
+        return Run(label, round_, outcome.outcome.value, stage=stage)
     return Run(label, round_, Outcome.OK.value, result.voxels_per_s, result.median_step_s, result.cv,
-               list(result.step_seconds))
+               list(result.step_seconds), stage)
 
 
-def decide(candidates: list[Candidate], runs: list[Run]) -> Confirmation:
-    """The winner and the paired speedups from the runs so far."""
+def select_winner(finalists: list[Candidate], runs: list[Run]) -> str | None:
+    """The finalist with the highest median throughput over the selection rounds (None if none ran)."""
+    rates = _medians(finalists, runs, SELECT)
+    return max(rates, key=rates.get) if rates else None
+
+
+def _medians(candidates: list[Candidate], runs: list[Run], stage: str) -> dict[str, float]:
     rates: dict[str, float] = {}
     for candidate in candidates:
-        values = [r.voxels_per_s for r in runs if r.label == candidate.label and r.voxels_per_s]
+        values = [r.voxels_per_s for r in runs if r.label == candidate.label and r.stage == stage and r.voxels_per_s]
         if values:
             rates[candidate.label] = statistics.median(values)
-    winner = max(rates, key=rates.get) if rates else None
+    return rates
+
+
+def decide(candidates: list[Candidate], runs: list[Run], winner: str | None, chosen_by: str) -> Confirmation:
+    """The figures of the runs so far: rates per stage and the winner's paired speedups."""
     speedups = {
         "vs_baseline": paired_speedup(runs, winner, "baseline"),
         "vs_vendor": paired_speedup(runs, winner, "vendor_recommended"),
     }
-    return Confirmation(candidates=list(candidates), runs=list(runs), winner=winner, rates=rates,
-                        speedups=speedups)
+    return Confirmation(candidates=list(candidates), runs=list(runs), winner=winner,
+                        rates=_medians(candidates, runs, ESTIMATE), speedups=speedups,
+                        selection=_medians(candidates, runs, SELECT), chosen_by=chosen_by)
 
 
-def paired_speedup(runs: list[Run], label: str | None, reference: str) -> dict[str, float] | None:
-    """Median of the per-round ratios ``label / reference`` with a 95% bootstrap interval.
+def paired_speedup(runs: list[Run], label: str | None, reference: str) -> dict[str, Any] | None:
+    """Median over the estimation rounds of the ratio ``label / reference`` in the same round.
 
-    Returns None when no round measured both (or ``label`` is the reference itself).
+    Returns:
+        ``value``, the interval ``low`` and ``high``, its ``level`` (achieved for this many rounds),
+        ``method``, ``rounds`` (how many rounds measured both), ``round_numbers`` (which, from 1) and
+        ``labels`` (``[label, reference]``); None when no round measured both (or ``label`` is the
+        reference itself).
     """
     if label is None or label == reference:
         return None
     by_round: dict[int, dict[str, float]] = {}
     for run in runs:
-        if run.voxels_per_s:
+        if run.voxels_per_s and run.stage == ESTIMATE:
             by_round.setdefault(run.round, {})[run.label] = run.voxels_per_s
-    ratios = [r[label] / r[reference] for r in by_round.values() if label in r and reference in r]
-    if not ratios:
+    used = sorted(n for n, r in by_round.items() if label in r and reference in r)
+    if not used:
         return None
-    low, high = bootstrap_median_ci(ratios)
-    return {"value": statistics.median(ratios), "low": low, "high": high, "rounds": len(ratios)}
+    ratios = [by_round[n][label] / by_round[n][reference] for n in used]
+    interval = median_interval(ratios)
+    return {"value": statistics.median(ratios), "low": interval.low, "high": interval.high,
+            "level": interval.level, "method": interval.method, "rounds": len(ratios),
+            "round_numbers": [n + 1 for n in used], "labels": [label, reference]}
+
+
+def describe(confirmation: Confirmation, speedup: Mapping[str, Any]) -> str:
+    """Which runs a paired speedup used and how its winner was chosen, in words."""
+    rounds = speedup["rounds"]
+    what = (f"median of paired ratios over {rounds} interleaved confirmation round{'s' * (rounds != 1)}, "
+            f"{METHOD_TEXT[speedup['method']]}")
+    if confirmation.chosen_by == BY_SELECTION:
+        chosen = (f"winner chosen in {confirmation.selection_rounds} separate selection "
+                  f"round{'s' * (confirmation.selection_rounds != 1)}, not used in the estimate")
+    elif confirmation.chosen_by == BY_SEARCH:
+        chosen = "winner chosen by the search, not by these rounds"
+    else:
+        chosen = ("stored by an older autotune: the same rounds chose the winner, "
+                  "which biases this speedup upward")
+    return f"{what}; {chosen}"

@@ -1,12 +1,12 @@
 """Statistics over step times: pure functions with named constants and cited methods.
 
-Only the standard library is used, so workloads can import this module before TensorFlow.
+Only the standard library is used, so workloads can import this module before TensorFlow. Intervals
+(the statistics of many runs, made on the driver side) live in :mod:`autotune.intervals`.
 """
 
 from __future__ import annotations
 
 import math
-import random
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,9 +18,6 @@ MAD_TO_SIGMA = 0.6745
 
 # A coefficient of variation above this (5%) makes the median too uncertain to rank close configs.
 HIGH_CV = 0.05
-
-BOOTSTRAP_RESAMPLES = 2000
-
 
 @dataclass(frozen=True)
 class Summary:
@@ -110,59 +107,3 @@ def spread_warning(summary: Summary) -> str | None:
         f"step times vary by {summary.cv:.1%} (CV); the median is uncertain. "
         f"Try {', '.join(advice)}."
     )
-
-
-def bootstrap_median_ci(
-    values: Sequence[float], confidence: float = 0.95, seed: int = 0
-) -> tuple[float, float]:
-    """Percentile-bootstrap confidence interval of the median (Efron & Tibshirani 1993).
-
-    Args:
-        values: The sample, at least one value.
-        confidence: Coverage, e.g. 0.95.
-        seed: Seed of the resampling, so reports are reproducible.
-
-    Returns:
-        ``(low, high)``.
-    """
-    if not values:
-        raise ValueError("no values to bootstrap")
-    _check_confidence(confidence)
-    rng = random.Random(seed)
-    n = len(values)
-    medians = sorted(
-        statistics.median(rng.choices(values, k=n)) for _ in range(BOOTSTRAP_RESAMPLES)
-    )
-    tail = (1 - confidence) / 2
-    low = medians[math.floor(tail * (BOOTSTRAP_RESAMPLES - 1))]
-    high = medians[math.ceil((1 - tail) * (BOOTSTRAP_RESAMPLES - 1))]
-    return low, high
-
-
-def bootstrap_ratio_ci(
-    numerator: Sequence[float], denominator: Sequence[float], confidence: float = 0.95, seed: int = 0
-) -> tuple[float, float]:
-    """Percentile-bootstrap interval of ``median(numerator) / median(denominator)``.
-
-    The two samples are resampled independently (unpaired), as when two trials ran at different times.
-    """
-    if not numerator or not denominator:
-        raise ValueError("no values to bootstrap")
-    _check_confidence(confidence)
-    rng = random.Random(seed)
-    ratios = sorted(
-        statistics.median(rng.choices(numerator, k=len(numerator)))
-        / statistics.median(rng.choices(denominator, k=len(denominator)))
-        for _ in range(BOOTSTRAP_RESAMPLES)
-    )
-    tail = (1 - confidence) / 2
-    return (
-        ratios[math.floor(tail * (BOOTSTRAP_RESAMPLES - 1))],
-        ratios[math.ceil((1 - tail) * (BOOTSTRAP_RESAMPLES - 1))],
-    )
-
-
-def _check_confidence(confidence: float) -> None:
-    # Outside (0, 1) the percentile indices would wrap around the sorted resamples.
-    if not 0 < confidence < 1:
-        raise ValueError(f"confidence must be between 0 and 1, got {confidence}")

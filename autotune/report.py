@@ -18,22 +18,28 @@ import optuna
 from rich.table import Table
 
 from autotune.calibrate import Calibration
-from autotune.confirm import CONFIRMATION_ATTR, Confirmation, paired_speedup
+from autotune.confirm import CONFIRMATION_ATTR, ESTIMATE, Confirmation, describe, paired_speedup
 from autotune.console import console, format_rate
 from autotune.errors import UserError
 from autotune.exits import Exit
 from autotune.files import atomic_write
 from autotune.host import HostInfo
-from autotune.measure import bootstrap_ratio_ci
+from autotune.intervals import METHOD_TEXT, percent, ratio_of_medians_interval
 from autotune.page import Section, to_html, to_markdown
-from autotune.plots import IMPORTANCE_METHOD, Figures, draw, plotly_js
+from autotune.plots import IMPORTANCE_METHOD, Bar, Figures, draw, plotly_js
 from autotune.profile import CONFIG_ROLES, StudyConfig
-from autotune.protocol import SCHEMA_VERSION
 from autotune.record import FIGURES
 from autotune.space import SearchSpace
 
 ROLES = ("baseline", "vendor_recommended", "best")
 BEST_KIND = "autotune-best"
+# best.json schema: 2 added each speedup's interval level, method and runs (additive: a schema-1
+# reader finds every field it knew). Both are read.
+BEST_SCHEMA = 2
+READABLE_BEST_SCHEMAS = (1, 2)
+PAIRED = "paired rounds"
+WITHIN_PROCESS = "within one process each"
+WITHIN_PROCESS_CAVEAT = "within one process each: says nothing about re-runs"
 # Exit status when the report cannot be written (a full disk): EX_IOERR from sysexits.h. Not 2: the
 # study did run, and status 2 promises that bad input changed nothing.
 EXIT_REPORT_NOT_WRITTEN = Exit.REPORT_NOT_WRITTEN
@@ -47,15 +53,41 @@ class ReportError(UserError):
 
 @dataclass(frozen=True)
 class Speedup:
-    """A throughput ratio with its 95% bootstrap interval."""
+    """A throughput ratio, its interval and what the interval covers.
+
+    Attributes:
+        value: The ratio.
+        low: Lower end of the interval.
+        high: Upper end.
+        level: The interval's achieved level (a lower bound when ``at_least``).
+        method: :mod:`autotune.intervals` method name.
+        scope: :data:`PAIRED` (confirmation rounds: covers re-runs on this host) or
+            :data:`WITHIN_PROCESS` (one search trial each: covers nothing between processes).
+        basis: Which runs it used, in words.
+        runs: Which runs it used, as data (for ``best.json``).
+        at_least: ``level`` is a lower bound.
+    """
 
     value: float
     low: float
     high: float
+    level: float | None = None
+    method: str = ""
+    scope: str = PAIRED
+    basis: str = ""
+    runs: Mapping[str, Any] = field(default_factory=dict)
+    at_least: bool = False
+
+    def interval_text(self) -> str:
+        """E.g. ``93.8% interval`` or ``at least 56.2% interval within one process each: ...``."""
+        level = "" if self.level is None else ("at least " if self.at_least else "") + percent(self.level) + " "
+        if self.scope == WITHIN_PROCESS:
+            return f"{level}interval {WITHIN_PROCESS_CAVEAT}"
+        return f"{level}interval"
 
     def text(self) -> str:
-        """E.g. ``5.31x (4.90-5.70)``."""
-        return f"{self.value:.2f}x ({self.low:.2f}-{self.high:.2f})"
+        """E.g. ``5.31x (4.90-5.70, 93.8% interval)``."""
+        return f"{self.value:.2f}x ({self.low:.2f}-{self.high:.2f}, {self.interval_text()})"
 
 
 @dataclass(frozen=True)
@@ -102,10 +134,11 @@ def summarize_study(
 ) -> StudySummary:
     """Summarize a stored study.
 
-    When the study holds a confirmation stage, its winner is the best configuration and the speedups
-    are its paired ratios; otherwise the fastest search trial is, with unpaired bootstrap intervals.
-    Without ``space`` (reading a study whose space file is not at hand) the configurations and figures
-    are the same; only which knobs were searched, and their conditions, are unknown.
+    When the study holds a confirmation stage that measured its winner in estimation rounds, the
+    winner is the best configuration and the speedups are its paired ratios over those rounds;
+    otherwise the fastest search trial is, with intervals within one process each. Without ``space``
+    (reading a study whose space file is not at hand) the configurations and figures are the same;
+    only which knobs were searched, and their conditions, are unknown.
     """
     trials = study.get_trials(deepcopy=False)
     ok = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE and "repeat_of" not in t.user_attrs]
@@ -119,15 +152,16 @@ def summarize_study(
         "vs_vendor": _speedup(configs["best"], configs["vendor_recommended"]),
     }
     confirmation = _confirmation(study)
-    if confirmation is not None and confirmation.winner is not None:
-        winner = confirmation.candidate(confirmation.winner)
-        by_number = {t.number: t for t in trials}
-        if winner is not None and winner.trial in by_number:
-            configs["best"] = _record(by_number[winner.trial])
-            speedups = {
-                name: None if value is None else Speedup(value["value"], value["low"], value["high"])
-                for name, value in confirmation.speedups.items()
-            }
+    winner = confirmation.candidate(confirmation.winner) if confirmation and confirmation.winner else None
+    by_number = {t.number: t for t in trials}
+    if winner is None or winner.trial not in by_number or winner.label not in confirmation.rates:
+        confirmation = None  # none, or cut short before it measured a winner: the search's figures stand
+    else:
+        configs["best"] = _record(by_number[winner.trial])
+        speedups = {
+            name: None if value is None else paired(confirmation, value)
+            for name, value in confirmation.speedups.items()
+        }
     counts = Counter(str(t.user_attrs.get("outcome", t.state.name.lower())) for t in trials)
     failures = [
         (t.number, str(t.user_attrs.get("outcome", t.state.name.lower())), str(t.user_attrs.get("reason", "")))
@@ -198,20 +232,39 @@ def _record(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
     return {"trial": trial.number, **trial.user_attrs}
 
 
+def paired(confirmation: Confirmation, value: Mapping[str, Any]) -> Speedup:
+    """A :func:`autotune.confirm.paired_speedup` result as a :class:`Speedup`."""
+    runs = {"stage": ESTIMATE, "rounds": list(value["round_numbers"]), "labels": list(value["labels"]),
+            "winner_chosen_by": confirmation.chosen_by,
+            "selection_rounds": list(range(1, confirmation.selection_rounds + 1))}
+    return Speedup(value["value"], value["low"], value["high"], value["level"], value["method"], PAIRED,
+                   describe(confirmation, value), runs)
+
+
 def _speedup(faster: Mapping[str, Any] | None, slower: Mapping[str, Any] | None) -> Speedup | None:
-    """Throughput ratio, per voxel, with an unpaired bootstrap interval over the step times."""
-    if not faster or not slower:
+    """Throughput ratio of two search trials, per voxel, with an interval within one process each.
+
+    No between-process spread was measured, so the interval covers the ratio of these two processes'
+    median step times only; it says nothing about what re-runs would give.
+    """
+    if not faster or not slower or not faster.get("step_seconds") or not slower.get("step_seconds"):
         return None
     fast = [t / faster["voxels_per_step"] for t in faster["step_seconds"]]
     slow = [t / slower["voxels_per_step"] for t in slower["step_seconds"]]
-    low, high = bootstrap_ratio_ci(slow, fast)
-    return Speedup(value=faster["voxels_per_s"] / slower["voxels_per_s"], low=low, high=high)
+    interval = ratio_of_medians_interval(slow, fast)
+    basis = (f"ratio of the medians of search trials {faster['trial']} and {slower['trial']} "
+             f"({len(fast)} and {len(slow)} timed steps), {METHOD_TEXT[interval.method]}; no confirmation rounds "
+             "measured the spread between processes")
+    return Speedup(value=faster["voxels_per_s"] / slower["voxels_per_s"], low=interval.low, high=interval.high,
+                   level=interval.level, method=interval.method, scope=WITHIN_PROCESS, basis=basis,
+                   runs={"trials": [faster["trial"], slower["trial"]], "timed_steps": [len(fast), len(slow)]},
+                   at_least=True)
 
 
 def best_document(summary: StudySummary) -> dict[str, Any]:
     """The versioned ``best.json`` document."""
     return {
-        "schema": SCHEMA_VERSION,
+        "schema": BEST_SCHEMA,
         "kind": BEST_KIND,
         "study": summary.study,
         "workload": summary.workload,
@@ -219,10 +272,7 @@ def best_document(summary: StudySummary) -> dict[str, Any]:
         "host_fingerprint": summary.host.fingerprint,
         "host": summary.host.to_dict(),
         **{role: _entry(summary.configs.get(role)) for role in ROLES},
-        "speedup": {
-            name: None if s is None else {"value": s.value, "ci95": [s.low, s.high]}
-            for name, s in summary.speedups.items()
-        },
+        "speedup": {name: None if s is None else speedup_entry(s) for name, s in summary.speedups.items()},
         "trials": dict(summary.counts),
         "figures": {role: role_figures(summary, role) for role in ROLES},
         "gemm_peak_gflops_per_s": summary.peak_gflops_per_s,
@@ -230,9 +280,28 @@ def best_document(summary: StudySummary) -> dict[str, Any]:
         "confirmation": None if summary.confirmation is None else {
             "winner": summary.confirmation.winner,
             "rates": summary.confirmation.rates,
-            "rounds": max((r.round + 1 for r in summary.confirmation.runs), default=0),
+            "rounds": summary.confirmation.rounds,
             "runs": [asdict(r) for r in summary.confirmation.runs],
+            "selection_rounds": summary.confirmation.selection_rounds,
+            "selection": summary.confirmation.selection,
+            "chosen_by": summary.confirmation.chosen_by,
         },
+    }
+
+
+def speedup_entry(speedup: Speedup) -> dict[str, Any]:
+    """A speedup in ``best.json``. ``ci95`` is schema 1's name for the interval, kept for its readers:
+    its level is ``level``, not necessarily 95%."""
+    return {
+        "value": speedup.value,
+        "ci95": [speedup.low, speedup.high],
+        "interval": [speedup.low, speedup.high],
+        "level": speedup.level,
+        "level_is_lower_bound": speedup.at_least,
+        "method": speedup.method,
+        "scope": speedup.scope,
+        "basis": speedup.basis,
+        "runs": dict(speedup.runs),
     }
 
 
@@ -275,8 +344,8 @@ def role_figures(summary: StudySummary, role: str) -> dict[str, float] | None:
     speedup = None
     if role != "baseline":
         if confirmation is not None and label in confirmation.rates:
-            paired = paired_speedup(confirmation.runs, label, "baseline")
-            speedup = paired["value"] if paired else None
+            found = paired_speedup(confirmation.runs, label, "baseline")
+            speedup = found["value"] if found else None
         elif summary.configs.get("baseline"):
             speedup = rate / summary.configs["baseline"]["voxels_per_s"]
     return {
@@ -355,7 +424,8 @@ def print_summary(
     console.print(table)
     for name, speedup in summary.speedups.items():
         if speedup is not None:
-            console.print(f"best speedup {name.replace('_', ' ')}: {speedup.text()} ({speedup_method(summary)})")
+            console.print(f"best speedup {name.replace('_', ' ')}: {speedup.text()}; {speedup.basis}")
+    console.print(estimand(summary))
     counts = ", ".join(f"{n} {k}" for k, n in sorted(summary.counts.items()))
     console.print(
         f"this run: {stats.get('run', 0)} trials measured, {stats.get('repeats', 0)} repeats answered from storage, "
@@ -366,12 +436,30 @@ def print_summary(
         console.print(f"wrote {report_dir / 'best.json'} and {report_dir / 'report.md'}")
 
 
-def speedup_method(summary: StudySummary) -> str:
-    """How the speedups were computed, in words."""
-    if summary.confirmation is not None and summary.confirmation.winner is not None:
-        rounds = max((r.round + 1 for r in summary.confirmation.runs), default=0)
-        return f"median of paired ratios over {rounds} interleaved confirmation rounds, 95% bootstrap interval"
-    return "ratio of the search trials' medians, 95% unpaired bootstrap interval over their step times"
+def estimand(summary: StudySummary) -> str:
+    """What the speedups estimate, in words."""
+    if summary.confirmation is not None:
+        return ("What is estimated: the median over rounds of the paired throughput ratio on this host; each "
+                "round ran the configurations back to back in fresh processes, so drift common to a round cancels. "
+                "An interval's level is the probability that it covers that median, exact for its number of rounds "
+                "(distribution-free).")
+    return ("No confirmation rounds ran: each speedup is the ratio of two search trials, and its interval covers "
+            "only the step-to-step spread inside those two processes, not the larger spread between processes "
+            "(run with --confirm-repeats 5 for an interval that covers re-runs).")
+
+
+def role_speedup(summary: StudySummary, role: str) -> Speedup | None:
+    """The speedup over the baseline of a role's configuration, with its interval (None for the baseline)."""
+    if role == "baseline":
+        return None
+    if role == "best":
+        return summary.speedups.get("vs_baseline")
+    confirmation = summary.confirmation
+    label = confirmation_label(summary, role)
+    if confirmation is not None and label in confirmation.rates:
+        found = paired_speedup(confirmation.runs, label, "baseline")
+        return paired(confirmation, found) if found else None
+    return _speedup(summary.configs.get(role), summary.configs.get("baseline"))
 
 
 def report_sections(
@@ -394,9 +482,10 @@ def report_sections(
         rows=table_rows(summary),
     )
     facts = [
-        f"Best speedup {name.replace('_', ' ')}: **{speedup.text()}** ({speedup_method(summary)})."
+        f"Best speedup {name.replace('_', ' ')}: **{speedup.text()}**; {speedup.basis}."
         for name, speedup in summary.speedups.items() if speedup is not None
     ]
+    facts.append(estimand(summary))
     facts.append(f"Trials: {', '.join(f'{n} {k}' for k, n in sorted(summary.counts.items()))}.")
     facts.append(f"Knobs searched: {', '.join(summary.searched) or 'none'}.")
     sections = [opening, Section(title="", text=facts, bullets=True)]
@@ -515,13 +604,16 @@ def write_report(
         report_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ReportError(f"cannot write the report to {report_dir}: {exc.strerror or exc}") from None
-    speedups = {"baseline": 1.0}
+    bars = {"baseline": Bar(1.0)}
+    notes = []
     for role in ("vendor_recommended", "best"):
-        values = role_figures(summary, role)
-        if values and values["speedup_vs_baseline"]:
-            speedups[role] = values["speedup_vs_baseline"]
+        speedup = role_speedup(summary, role)
+        if speedup is not None:
+            bars[role] = Bar(speedup.value, speedup.low, speedup.high)
+            notes.append(chart_note(summary, speedup))
     try:
-        drawn = draw(study, report_dir, speedups if len(speedups) > 1 else {}, summary.metric_name)
+        drawn = draw(study, report_dir, bars if len(bars) > 1 else {}, "; ".join(dict.fromkeys(notes)),
+                     summary.metric_name)
     except UserError as exc:  # a figure could not be saved
         raise ReportError(str(exc)) from None
     sections = report_sections(summary, drawn, [*breakdown_sections(summary, report_dir), *extra])
@@ -536,11 +628,21 @@ def write_report(
         raise ReportError(f"cannot write the report to {report_dir}: {exc.strerror or exc}") from None
 
 
+def chart_note(summary: StudySummary, speedup: Speedup) -> str:
+    """What the chart's error bars are, e.g. ``bars: 93.8% interval, 5 paired rounds``."""
+    level = "" if speedup.level is None else ("at least " if speedup.at_least else "") + percent(speedup.level) + " "
+    if speedup.scope == PAIRED:
+        rounds = len(speedup.runs.get("rounds", ()))
+        return f"bars: {level}interval, {rounds} paired round{'s' * (rounds != 1)}"
+    return f"bars: {level}interval {WITHIN_PROCESS_CAVEAT}"
+
+
 def load_best(path: Path) -> dict[str, Any]:
     """Read a ``best.json`` document.
 
     Raises:
-        UserError: Missing, unreadable, not JSON, or not a best.json of this schema.
+        UserError: Missing, unreadable, not JSON, or not a best.json of a schema this autotune reads
+            (:data:`READABLE_BEST_SCHEMAS`).
     """
     try:
         data = json.loads(Path(path).read_text())
@@ -552,8 +654,9 @@ def load_best(path: Path) -> dict[str, Any]:
         raise UserError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
     if not isinstance(data, dict) or data.get("kind") != BEST_KIND:
         raise UserError(f"{path}: not an autotune best.json")
-    if data.get("schema") != SCHEMA_VERSION:
-        raise UserError(f"{path}: schema {data.get('schema')!r}, this autotune reads {SCHEMA_VERSION}")
+    if data.get("schema") not in READABLE_BEST_SCHEMAS:
+        readable = " and ".join(str(v) for v in READABLE_BEST_SCHEMAS)
+        raise UserError(f"{path}: schema {data.get('schema')!r}, this autotune reads {readable}")
     return data
 
 

@@ -32,11 +32,15 @@ from autotune.calibrate import Calibration, calibrate, load_calibration
 from autotune.confirm import (
     CONFIRMATION_ATTR,
     DEFAULT_REPEATS,
+    DEFAULT_SELECT_ROUNDS,
     DEFAULT_TOP,
+    SELECT,
     Run,
     candidates_of,
     confirm,
     estimate_seconds,
+    finalists_of,
+    rerun_seconds,
 )
 from autotune.console import console, format_figure, format_rate
 from autotune.errors import UserError
@@ -89,8 +93,10 @@ class RunOptions:
         prune: Whether search trials may be pruned.
         wait_for_cores: Wait while another autotune worker measures on this host; False stops the
             run instead (:class:`autotune.lock.CoresBusy`).
-        confirm_top: Search candidates re-measured in the confirmation stage.
-        confirm_repeats: Interleaved rounds of the confirmation stage; 0 skips it.
+        confirm_top: Search candidates (finalists) re-measured in the confirmation stage.
+        confirm_repeats: Estimation rounds of the confirmation stage (winner, vendor, baseline);
+            0 skips the stage.
+        confirm_select_rounds: Selection rounds of the finalists alone, which choose the winner.
         full_report: Write the full report (figures, HTML) rather than ``best.json`` and a short
             ``report.md``.
         profile: Profile the baseline and the best configuration at the end (op-time breakdown).
@@ -111,6 +117,7 @@ class RunOptions:
     wait_for_cores: bool = True
     confirm_top: int = DEFAULT_TOP
     confirm_repeats: int = DEFAULT_REPEATS
+    confirm_select_rounds: int = DEFAULT_SELECT_ROUNDS
     full_report: bool = False
     profile: bool = False
 
@@ -273,20 +280,30 @@ def _confirm(
     if not candidates:
         return False
     memory_cap = options.memory_cap_mb or default_memory_cap_mb(host)
-    labels = ", ".join(c.label for c in candidates)
-    console.print(f"confirmation: {options.confirm_repeats} interleaved rounds of {labels}")
+    finalists = finalists_of(candidates)
+    selecting = len(finalists) > 1 and options.confirm_select_rounds > 0
+    if selecting:
+        console.print(f"confirmation: {options.confirm_select_rounds} selection round(s) of "
+                      f"{', '.join(c.label for c in finalists)} choose the winner; then")
+    references = [c.label for c in candidates if c not in finalists]
+    console.print(f"confirmation: {options.confirm_repeats} estimation rounds of the "
+                  f"{'winner' if selecting else finalists[0].label}, {', '.join(references) or 'no reference'} "
+                  "measure the speedups")
 
     def make_spec(config: Mapping[str, Any]) -> TrialSpec:
         return trial_spec(space, config, host, data_dir=options.data_dir,
                           timeout_s=options.trial_timeout_s, memory_cap_mb=memory_cap)
 
     def on_run(run: Run) -> None:
-        figure = f"{format_rate(run.voxels_per_s)} voxels/s (CV {run.cv:.1%})" if run.voxels_per_s else run.outcome
-        console.print(f"  round {run.round + 1}: {run.label}: {figure}")
+        spread = f"CV {run.cv:.1%}" if len(run.step_seconds) > 1 else f"{len(run.step_seconds)} timed step"
+        figure = f"{format_rate(run.voxels_per_s)} voxels/s ({spread})" if run.voxels_per_s else run.outcome
+        stage = "selection" if run.stage == SELECT else "estimation"
+        console.print(f"  {stage} round {run.round + 1}: {run.label}: {figure}")
 
     cores.acquire("confirmation stage")
     try:
-        confirm(study, candidates, make_spec, repeats=options.confirm_repeats, runner=runner, on_run=on_run)
+        confirm(study, candidates, make_spec, repeats=options.confirm_repeats,
+                select_rounds=options.confirm_select_rounds, runner=runner, on_run=on_run)
     except KeyboardInterrupt:
         return True
     finally:
@@ -574,9 +591,10 @@ class _Loop:
         """Seconds of the budget kept for the confirmation stage, from the candidates' trial times."""
         reserve = 0.0
         if self.options.confirm_repeats > 0:
-            reserve += estimate_seconds(self.study, self.space, self.options.confirm_top, self.options.confirm_repeats)
+            reserve += estimate_seconds(self.study, self.space, self.options.confirm_top, self.options.confirm_repeats,
+                                        self.options.confirm_select_rounds)
         if self.options.profile:
-            reserve += estimate_seconds(self.study, self.space, 1, 1)
+            reserve += rerun_seconds(self.study, self.space, 1)
         return reserve
 
     def run(self) -> bool:

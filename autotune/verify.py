@@ -14,15 +14,18 @@ from typing import Any
 
 import optuna
 
-from autotune.confirm import CONFIRMATION_ATTR, Confirmation, Run, confirm, paired_speedup
+from autotune.confirm import CONFIRMATION_ATTR, DEFAULT_REPEATS, Confirmation, Run, confirm, paired_speedup
 from autotune.errors import UserError
+from autotune.intervals import percent
 from autotune.runner import TrialRunner, TrialSpec
 
 VERIFICATION_ATTR = "verification"
 # How far the winner's throughput, or the upper end of its speedup interval, may fall below the stored
 # figure (the lower end of the stored interval) before it counts as a regression: run-to-run spread of
 # whole processes on a quiet host stays within a few percent. Running faster than stored still holds.
+# With both intervals at 93.75% (5 rounds each), a true speedup below both ends is rare by chance.
 REGRESSION_TOLERANCE = 0.10
+DEFAULT_VERIFY_ROUNDS = DEFAULT_REPEATS
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,8 @@ class Verdict:
         stored_speedup: Stored paired speedup over the baseline, ``(value, low, high)``.
         speedup: Paired speedup now, ``(value, low, high)``.
         reasons: Why it does not hold (empty when it holds).
+        stored_level: Achieved level of the stored interval, with ``stored_rounds`` rounds.
+        level: Achieved level of the interval now, with ``rounds`` rounds.
     """
 
     holds: bool
@@ -44,6 +49,10 @@ class Verdict:
     stored_speedup: tuple[float, float, float] | None
     speedup: tuple[float, float, float] | None
     reasons: tuple[str, ...]
+    stored_level: float | None = None
+    level: float | None = None
+    stored_rounds: int = 0
+    rounds: int = 0
 
 
 def stored_confirmation(study: optuna.Study) -> Confirmation:
@@ -60,7 +69,7 @@ def stored_confirmation(study: optuna.Study) -> Confirmation:
         confirmation = Confirmation.from_dict(data)
     except (KeyError, TypeError):
         raise UserError(f"study {study.study_name!r} holds an unreadable confirmation") from None
-    if confirmation.winner is None:
+    if confirmation.winner is None or confirmation.winner not in confirmation.rates:
         raise UserError(f"study {study.study_name!r}: its confirmation stage measured nothing successfully")
     return confirmation
 
@@ -69,7 +78,7 @@ def verify(
     study: optuna.Study,
     make_spec: Callable[[Mapping[str, Any]], TrialSpec],
     *,
-    repeats: int,
+    repeats: int = DEFAULT_VERIFY_ROUNDS,
     runner: TrialRunner | None = None,
     on_run: Callable[[Run], None] | None = None,
 ) -> Verdict:
@@ -77,7 +86,7 @@ def verify(
     stored = stored_confirmation(study)
     wanted = [stored.winner, "vendor_recommended", "baseline"]
     candidates = [c for label in dict.fromkeys(wanted) if (c := stored.candidate(label)) is not None]
-    now = confirm(study, candidates, make_spec, repeats=repeats, runner=runner, on_run=on_run,
+    now = confirm(study, candidates, make_spec, repeats=repeats, select_rounds=0, runner=runner, on_run=on_run,
                   attr=VERIFICATION_ATTR)
     return judge(stored, now)
 
@@ -92,15 +101,25 @@ def judge(stored: Confirmation, now: Confirmation) -> Verdict:
         reasons.append(f"{winner} did not run successfully now")
     elif rate < (1 - REGRESSION_TOLERANCE) * stored_rate:
         reasons.append(f"{winner} runs at {rate / stored_rate:.0%} of its stored throughput")
-    old = _triple(stored.speedups.get("vs_baseline"))
-    new = _triple(paired_speedup(now.runs, winner, "baseline"))
+    stored_paired = stored.speedups.get("vs_baseline")
+    paired = paired_speedup(now.runs, winner, "baseline")
+    old, new = _triple(stored_paired), _triple(paired)
     if old and new and new[2] < (1 - REGRESSION_TOLERANCE) * old[1]:
         reasons.append(
-            f"speedup over baseline is {new[0]:.2f}x ({new[1]:.2f}-{new[2]:.2f}), "
-            f"below the stored {old[0]:.2f}x ({old[1]:.2f}-{old[2]:.2f})"
+            f"speedup over baseline is {speedup_text(paired)}, below the stored {speedup_text(stored_paired)}"
         )
     return Verdict(holds=not reasons, stored_rate=stored_rate, rate=rate, stored_speedup=old,
-                   speedup=new, reasons=tuple(reasons))
+                   speedup=new, reasons=tuple(reasons),
+                   stored_level=stored_paired["level"] if stored_paired else None,
+                   level=paired["level"] if paired else None,
+                   stored_rounds=stored_paired["rounds"] if stored_paired else 0,
+                   rounds=paired["rounds"] if paired else 0)
+
+
+def speedup_text(paired: Mapping[str, Any]) -> str:
+    """E.g. ``14.98x (13.44-15.74, 93.8% interval, 5 rounds)``."""
+    return (f"{paired['value']:.2f}x ({paired['low']:.2f}-{paired['high']:.2f}, "
+            f"{percent(paired['level'])} interval, {paired['rounds']} rounds)")
 
 
 def _triple(value: Mapping[str, float] | None) -> tuple[float, float, float] | None:

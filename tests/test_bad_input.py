@@ -186,6 +186,10 @@ CASES = [
     # -- the command line --
     case("cli_unknown_option", (*RUN, "--frob"), "unrecognized arguments: --frob"),
     case("cli_trials_negative", (*RUN, "--trials", "-3"), "-3 is not a positive integer"),
+    case("cli_confirm_repeats_negative", (*RUN, "--confirm-repeats", "-1"),
+         "argument --confirm-repeats: -1 is negative"),
+    case("cli_confirm_select_rounds_text", (*RUN, "--confirm-select-rounds", "one"),
+         "argument --confirm-select-rounds: 'one' is not an integer"),
     case("cli_memory_cap_text", (*RUN, "--memory-cap", "lots"), "'lots' is not a number"),
     case("cli_trial_timeout_nan", (*RUN, "--trial-timeout", "nan"), "nan is not a positive number"),
     case("cli_seed_text", (*RUN, "--seed", "x"), "argument --seed: invalid int value: 'x'"),

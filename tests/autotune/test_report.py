@@ -14,6 +14,9 @@ from autotune.protocol import SCHEMA_VERSION
 from autotune.record import FIGURES
 from autotune.report import (
     BEST_KIND,
+    BEST_SCHEMA,
+    WITHIN_PROCESS,
+    WITHIN_PROCESS_CAVEAT,
     best_document,
     load_best,
     markdown,
@@ -128,6 +131,23 @@ def test_speedup_over_the_baseline(summary):
     assert summary.speedups["vs_vendor"].value >= 1
 
 
+def test_without_confirmation_the_interval_is_labelled_within_one_process(summary):
+    speedup = summary.speedups["vs_baseline"]
+    steps = (len(summary.best["step_seconds"]), len(summary.configs["baseline"]["step_seconds"]))
+
+    assert speedup.scope == WITHIN_PROCESS and speedup.at_least
+    assert speedup.runs == {"trials": [summary.best["trial"], 0], "timed_steps": list(steps)}
+    assert 0 < speedup.level < 1
+    assert speedup.text().endswith(f"interval {WITHIN_PROCESS_CAVEAT})")
+    assert "confidence" not in speedup.text()
+    text = markdown(summary)
+    assert f"interval {WITHIN_PROCESS_CAVEAT}" in text
+    assert "No confirmation rounds ran" in text and "95%" not in text
+    entry = best_document(summary)["speedup"]["vs_baseline"]
+    assert entry["scope"] == WITHIN_PROCESS and entry["level_is_lower_bound"] is True
+    assert entry["interval"] == [speedup.low, speedup.high] and entry["level"] == speedup.level
+
+
 def test_markdown_shows_the_table_and_the_failures(summary):
     text = markdown(summary)
 
@@ -163,7 +183,7 @@ def test_table_rows_give_speedups_relative_to_the_baseline(summary):
 def test_best_document_is_versioned_and_complete(summary, host):
     document = best_document(summary)
 
-    assert document["schema"] == SCHEMA_VERSION
+    assert document["schema"] == BEST_SCHEMA == 2
     assert document["kind"] == BEST_KIND
     assert document["host_fingerprint"] == host.fingerprint
     assert document["host"]["fingerprint"] == host.fingerprint
@@ -205,6 +225,20 @@ def test_write_outputs_then_load_best_round_trips(summary, tmp_path):
     assert (folder / "report.md").read_text() == markdown(summary)
 
 
+def test_a_schema_1_best_json_is_still_read(summary, tmp_path):
+    from autotune.export import load_record
+
+    document = best_document(summary)
+    document["schema"] = 1
+    document["speedup"] = {name: {"value": v["value"], "ci95": v["ci95"]}
+                           for name, v in document["speedup"].items()}
+    path = tmp_path / "best.json"
+    path.write_text(json.dumps(document))
+
+    assert load_best(path)["schema"] == 1
+    assert load_record(path, "best").trial == summary.best["trial"]
+
+
 def test_the_run_wrote_the_same_report(stored, summary):
     _, _, folder = stored
 
@@ -236,7 +270,7 @@ def _write(path: Path, content: str | None) -> Path:
         ("[1, 2]", "not an autotune best.json"),
         (json.dumps({"kind": "other", "schema": SCHEMA_VERSION}), "not an autotune best.json"),
         (json.dumps({"schema": SCHEMA_VERSION}), "not an autotune best.json"),
-        (json.dumps({"kind": BEST_KIND, "schema": 99}), "schema 99"),
+        (json.dumps({"kind": BEST_KIND, "schema": 99}), "schema 99, this autotune reads 1 and 2"),
         (json.dumps({"kind": BEST_KIND}), "schema None"),
     ],
 )

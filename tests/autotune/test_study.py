@@ -159,7 +159,7 @@ def test_first_run_measures_references_first_and_writes_outputs(tmp_path, host, 
 
     best = json.loads((tmp_path / "report" / "best.json").read_text())
     assert best["kind"] == "autotune-best"
-    assert best["schema"] == 1
+    assert best["schema"] == 2
     assert best["study"] == STUDY
     assert best["host_fingerprint"] == host.fingerprint
     assert best["baseline"]["trial"] == 0
@@ -168,6 +168,7 @@ def test_first_run_measures_references_first_and_writes_outputs(tmp_path, host, 
     assert best["speedup"]["vs_baseline"]["value"] > 1
     low, high = best["speedup"]["vs_baseline"]["ci95"]
     assert low <= high
+    assert best["speedup"]["vs_baseline"]["scope"] == "within one process each"  # run without confirmation
     assert sum(best["trials"].values()) == 6
     report = (tmp_path / "report" / "report.md").read_text()
     assert report.startswith(f"# autotune report: {STUDY}")
