@@ -490,10 +490,9 @@ def _exec(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from autotune.console import console, format_rate
+    from autotune.console import console, format_figure
     from autotune.host import probe_host
     from autotune.intervals import percent
-    from autotune.launch import default_memory_cap_mb, trial_spec
     from autotune.study import load_existing_study
     from autotune.verify import verify
 
@@ -505,18 +504,15 @@ def _verify(args: argparse.Namespace) -> int:
     if recorded not in (None, host.fingerprint) and not args.allow_mixed_hosts:
         raise UserError(f"study {args.study!r} was recorded on host {recorded}, this host is {host.fingerprint}; "
                         "use --allow-mixed-hosts to verify on another host")
-    data_dir, cap = _data_dir(args), args.memory_cap or default_memory_cap_mb(host)
-
-    def make_spec(config):
-        return trial_spec(space, config, host, data_dir=data_dir, timeout_s=args.trial_timeout, memory_cap_mb=cap)
+    unit = space.objective.unit
 
     def on_run(run):
-        figure = f"{format_rate(run.voxels_per_s)} voxels/s" if run.voxels_per_s else run.outcome
+        figure = format_figure(run.value, unit) if run.value else run.outcome
         console.print(f"  round {run.round + 1}: {run.label}: {figure}")
 
-    verdict = verify(study, make_spec, repeats=args.repeats, on_run=on_run)
-    rate = "-" if verdict.rate is None else format_rate(verdict.rate)
-    console.print(f"winner throughput: {rate} voxels/s now, {format_rate(verdict.stored_rate)} stored")
+    verdict = verify(study, _measurer(args, space, host), repeats=args.repeats, on_run=on_run)
+    console.print(f"winner {space.objective.name}: {format_figure(verdict.rate, unit)} now, "
+                  f"{format_figure(verdict.stored_rate, unit)} stored")
     if verdict.speedup and verdict.stored_speedup:
         new, old = verdict.speedup, verdict.stored_speedup
         console.print(f"speedup over baseline: {new[0]:.2f}x ({new[1]:.2f}-{new[2]:.2f}, {percent(verdict.level)} "

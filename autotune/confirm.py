@@ -5,16 +5,18 @@ near-tied finalists and then measuring its speedup on the same runs biases the s
 stage has two parts, each of fresh processes run back to back in rounds:
 
 1. **Selection rounds** (``select_rounds``, default 1): the top few distinct search configurations
-   (the finalists) alone, ``A B C, A B C, ...``. The winner is the finalist with the highest median
-   throughput over these rounds. With one finalist (or ``select_rounds`` 0) the search chose it.
+   (the finalists) alone, ``A B C, A B C, ...``. The winner is the finalist with the best median
+   figure (the workload's objective, either direction) over these rounds. With one finalist (or
+   ``select_rounds`` 0) the search chose it.
 2. **Estimation rounds** (``repeats``, default 5): the winner, the vendor-recommended config and the
    baseline, ``W V base, W V base, ...``. Each speedup is the median over these rounds of the paired
-   throughput ratio (winner / reference in the same round, so a drift of the machine common to a round
+   ratio (how many times better the winner is than the reference in the same round: winner / reference
+   for a throughput, reference / winner for a latency; a drift of the machine common to a round
    cancels), with the distribution-free order-statistic interval of that median
    (:func:`autotune.intervals.median_interval`) and the level it achieves: 5 rounds give 93.75%.
    Only these rounds enter the estimate; the selection rounds and the search never do.
 
-What is estimated: the median, over rounds on this host, of the paired throughput ratio. Rounds are
+What is estimated: the median, over rounds on this host, of the paired ratio. Rounds are
 the unit of replication because the spread between processes (5-9% between rounds for the finalists
 on the development host) dominates the spread of steps inside one (CVs of 1-5%). For the same reason a
 confirmation run times fewer steps than a search trial: about :data:`CONFIRM_TIMED_SECONDS` of timed
@@ -34,14 +36,18 @@ import math
 import statistics
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 
+from autotune.contract import Objective
 from autotune.intervals import METHOD_TEXT, median_interval
 from autotune.protocol import Outcome
-from autotune.runner import TrialOutcome, TrialRunner, TrialSpec
+from autotune.runner import TrialOutcome
 from autotune.space import SearchSpace
+
+if TYPE_CHECKING:
+    from autotune.measurer import Measurer
 
 CONFIRMATION_ATTR = "confirmation"
 DEFAULT_TOP = 3
@@ -62,10 +68,8 @@ BY_SAME_RUNS = "same runs"  # confirmations stored before schema 2: biased upwar
 # spread (step CVs 1-5%) on the development host, so a run's median over a few steps is as good as
 # over many: sqrt(0.07**2 + 0.02**2) = 7.3% against 7.0% with a perfectly timed run.
 CONFIRM_TIMED_SECONDS = 3.0
-# The harness knobs that set a trial's timed steps (workloads/harness.py: `steps`, `trial_seconds`);
-# a workload without them runs its confirmation runs as its search trials.
-STEPS_KNOB = "steps"
-TRIAL_SECONDS_KNOB = "trial_seconds"
+# A search trial that timed fewer steps than this is re-run as it ran (nothing to shorten).
+MIN_STEPS_TO_SHORTEN = 3
 
 
 @dataclass(frozen=True)
@@ -76,8 +80,9 @@ class Candidate:
         label: ``baseline``, ``vendor_recommended`` or ``trial N``.
         trial: The search trial it comes from.
         config: Its complete configuration.
-        timed_steps: Timed steps of a confirmation run (see :data:`CONFIRM_TIMED_SECONDS`); None runs
-            it as its search trial ran.
+        timed_steps: Timed steps of a confirmation run (see :data:`CONFIRM_TIMED_SECONDS`), sent as the
+            driver's order :attr:`autotune.protocol.TrialConfig.timed_steps`; None runs it as its
+            search trial ran.
     """
 
     label: str
@@ -85,25 +90,30 @@ class Candidate:
     config: Mapping[str, Any]
     timed_steps: int | None = None
 
-    def run_config(self) -> dict[str, Any]:
-        """The configuration a confirmation run uses: ``config`` with ``timed_steps`` exactly."""
-        if self.timed_steps is None:
-            return dict(self.config)
-        return {**self.config, STEPS_KNOB: self.timed_steps, TRIAL_SECONDS_KNOB: 0.0}
-
 
 @dataclass(frozen=True)
 class Run:
-    """One re-measurement of one candidate in one round of a stage (:data:`SELECT` or :data:`ESTIMATE`)."""
+    """One re-measurement of one candidate in one round of a stage (:data:`SELECT` or :data:`ESTIMATE`).
+
+    Attributes:
+        value: The objective's figure of the run (None when it failed).
+    """
 
     label: str
     round: int
     outcome: str
-    voxels_per_s: float | None = None
+    value: float | None = None
     median_step_s: float | None = None
     cv: float | None = None
     step_seconds: list[float] = field(default_factory=list)
     stage: str = ESTIMATE
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], objective: Objective) -> Run:
+        """A stored run; runs stored before the workload contract keep the value under the objective's name."""
+        known = {f for f in cls.__dataclass_fields__ if f != "value"}
+        value = data.get("value", data.get(objective.name))
+        return cls(value=value, **{k: v for k, v in data.items() if k in known})
 
 
 @dataclass(frozen=True)
@@ -114,9 +124,9 @@ class Confirmation:
         candidates: What was re-measured, in run order (finalists, then the references).
         runs: Every run, in order.
         winner: Label of the chosen finalist (None until chosen, or when none ran successfully).
-        rates: Median voxels/s over the estimation rounds, per label.
+        rates: Median figure of the objective over the estimation rounds, per label.
         speedups: ``vs_baseline`` and ``vs_vendor``: see :func:`paired_speedup`.
-        selection: Median voxels/s over the selection rounds, per finalist.
+        selection: Median figure over the selection rounds, per finalist.
         chosen_by: How the winner was chosen: :data:`BY_SELECTION`, :data:`BY_SEARCH`, or
             :data:`BY_SAME_RUNS` (an older study: the estimation rounds themselves).
     """
@@ -128,19 +138,21 @@ class Confirmation:
     speedups: dict[str, dict[str, Any] | None]
     selection: dict[str, float] = field(default_factory=dict)
     chosen_by: str = BY_SELECTION
+    objective: Objective | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready data (stored in the study)."""
-        return asdict(self)
+        return {**asdict(self), "objective": None if self.objective is None else asdict(self.objective)}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Confirmation:
+    def from_dict(cls, data: Mapping[str, Any], objective: Objective) -> Confirmation:
         """Inverse of :meth:`to_dict`; reads older confirmations too (see the module docstring).
 
         The figures are recomputed from the runs, so an older study gets today's intervals.
         """
-        return decide([Candidate(**c) for c in data["candidates"]], [Run(**r) for r in data["runs"]],
-                      data["winner"], data.get("chosen_by", BY_SAME_RUNS))
+        candidates = [Candidate(**c) for c in data["candidates"]]
+        runs = [Run.from_dict(r, objective) for r in data["runs"]]
+        return decide(candidates, runs, data["winner"], data.get("chosen_by", BY_SAME_RUNS), objective)
 
     def candidate(self, label: str) -> Candidate | None:
         """The candidate called ``label``."""
@@ -158,7 +170,7 @@ class Confirmation:
 
 
 def candidates_of(study: optuna.Study, space: SearchSpace, top: int) -> list[Candidate]:
-    """The top ``top`` distinct completed configurations, then the vendor config and the baseline."""
+    """The best ``top`` distinct completed configurations, then the vendor config and the baseline."""
     trials = [
         t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
         if "repeat_of" not in t.user_attrs and t.user_attrs.get("config")
@@ -172,7 +184,7 @@ def candidates_of(study: optuna.Study, space: SearchSpace, top: int) -> list[Can
                 chosen.append(_candidate(role, trial))
                 break
     ranked = []
-    for trial in sorted(trials, key=lambda t: t.value, reverse=True):
+    for trial in sorted(trials, key=lambda t: t.value, reverse=space.objective.maximize):
         key = space.fingerprint_config(space.configure(trial.user_attrs["config"]))
         if key in keys:
             continue
@@ -184,20 +196,19 @@ def candidates_of(study: optuna.Study, space: SearchSpace, top: int) -> list[Can
 
 
 def _candidate(label: str, trial: optuna.trial.FrozenTrial) -> Candidate:
-    config = trial.user_attrs["config"]
-    return Candidate(label, trial.number, config, timed_steps(config, trial.user_attrs))
+    return Candidate(label, trial.number, trial.user_attrs["config"], timed_steps(trial.user_attrs))
 
 
-def timed_steps(config: Mapping[str, Any], record: Mapping[str, Any]) -> int | None:
+def timed_steps(record: Mapping[str, Any]) -> int | None:
     """Timed steps of a confirmation run of a configuration whose search trial is ``record``.
 
     About :data:`CONFIRM_TIMED_SECONDS` at the trial's median step time, at least one and never more
-    than the trial ran. None (run as in the search) when the workload has no ``steps`` and
-    ``trial_seconds`` knobs, or the user asked for an exact step count (``trial_seconds`` 0).
+    than the trial ran; None (run as in the search) when the trial ran fewer than three (an exact small
+    count the user asked for, or a workload that times few long steps).
     """
-    if STEPS_KNOB not in config or not float(config.get(TRIAL_SECONDS_KNOB) or 0) > 0:
-        return None
     ran, step = len(record.get("step_seconds") or ()), record.get("median_step_s")
+    if ran < MIN_STEPS_TO_SHORTEN:
+        return None
     if not ran or not step or step <= 0:
         return None
     return max(1, min(ran, math.ceil(CONFIRM_TIMED_SECONDS / step)))
@@ -250,35 +261,35 @@ def rerun_seconds(study: optuna.Study, space: SearchSpace, top: int) -> float:
 def confirm(
     study: optuna.Study,
     candidates: list[Candidate],
-    make_spec: Callable[[Mapping[str, Any]], TrialSpec],
+    measurer: Measurer,
     *,
     repeats: int = DEFAULT_REPEATS,
     select_rounds: int = DEFAULT_SELECT_ROUNDS,
-    runner: TrialRunner | None = None,
     on_run: Callable[[Run], None] | None = None,
     attr: str = CONFIRMATION_ATTR,
 ) -> Confirmation:
     """Choose the winner in selection rounds, then measure it against the references.
 
+    The caller holds the cores (:meth:`autotune.measurer.Measurer.holding`) for the whole stage.
+
     Args:
         study: Where the stage's runs are stored (user attribute ``attr``).
         candidates: Finalists, then the references (as :func:`candidates_of` returns them).
-        make_spec: Builds the launch spec of a configuration.
+        measurer: Measures a configuration (its space gives the objective).
         repeats: Estimation rounds (winner, vendor, baseline).
         select_rounds: Selection rounds (finalists only); none when there is one finalist.
-        runner: Runs the trials.
         on_run: Called after every run (progress).
         attr: Study user attribute the result is stored under.
     """
-    runner = runner or TrialRunner()
+    objective = measurer.space.objective
     runs: list[Run] = []
     finalists = finalists_of(candidates)
 
     def measure(candidate: Candidate, stage: str, round_: int, winner: str | None, chosen_by: str) -> None:
-        outcome = runner.run(make_spec(candidate.run_config()))
-        run = _run(candidate.label, round_, outcome, stage)
+        _, outcome = measurer.run(candidate.config, timed_steps=candidate.timed_steps)
+        run = _run(candidate.label, round_, outcome, stage, objective)
         runs.append(run)
-        study.set_user_attr(attr, decide(candidates, runs, winner, chosen_by).to_dict())
+        study.set_user_attr(attr, decide(candidates, runs, winner, chosen_by, objective).to_dict())
         if on_run is not None:
             on_run(run)
 
@@ -286,10 +297,10 @@ def confirm(
         for round_ in range(select_rounds):
             for candidate in finalists:
                 measure(candidate, SELECT, round_, None, BY_SELECTION)
-        winner, chosen_by = select_winner(finalists, runs), BY_SELECTION
+        winner, chosen_by = select_winner(finalists, runs, objective), BY_SELECTION
     else:
         winner, chosen_by = (finalists[0].label if finalists else None), BY_SEARCH
-    result = decide(candidates, runs, winner, chosen_by)
+    result = decide(candidates, runs, winner, chosen_by, objective)
     study.set_user_attr(attr, result.to_dict())
     if winner is None:
         return result
@@ -298,45 +309,48 @@ def confirm(
     for round_ in range(repeats):
         for candidate in estimated:
             measure(candidate, ESTIMATE, round_, winner, chosen_by)
-    return decide(candidates, runs, winner, chosen_by)
+    return decide(candidates, runs, winner, chosen_by, objective)
 
 
-def _run(label: str, round_: int, outcome: TrialOutcome, stage: str) -> Run:
+def _run(label: str, round_: int, outcome: TrialOutcome, stage: str, objective: Objective) -> Run:
     result = outcome.result
-    if outcome.outcome is not Outcome.OK or result is None:
-        return Run(label, round_, outcome.outcome.value, stage=stage)
-    return Run(label, round_, Outcome.OK.value, result.voxels_per_s, result.median_step_s, result.cv,
+    value = None if result is None else result.figures.get(objective.name)
+    if outcome.outcome is not Outcome.OK or result is None or value is None:
+        failed = outcome.outcome.value if outcome.outcome is not Outcome.OK else Outcome.BAD_OUTPUT.value
+        return Run(label, round_, failed, stage=stage)
+    return Run(label, round_, Outcome.OK.value, value, result.median_step_s, result.cv,
                list(result.step_seconds), stage)
 
 
-def select_winner(finalists: list[Candidate], runs: list[Run]) -> str | None:
-    """The finalist with the highest median throughput over the selection rounds (None if none ran)."""
-    rates = _medians(finalists, runs, SELECT)
-    return max(rates, key=rates.get) if rates else None
+def select_winner(finalists: list[Candidate], runs: list[Run], objective: Objective) -> str | None:
+    """The finalist with the best median figure over the selection rounds (None if none ran)."""
+    return objective.best(_medians(finalists, runs, SELECT))
 
 
 def _medians(candidates: list[Candidate], runs: list[Run], stage: str) -> dict[str, float]:
     rates: dict[str, float] = {}
     for candidate in candidates:
-        values = [r.voxels_per_s for r in runs if r.label == candidate.label and r.stage == stage and r.voxels_per_s]
+        values = [r.value for r in runs if r.label == candidate.label and r.stage == stage and r.value]
         if values:
             rates[candidate.label] = statistics.median(values)
     return rates
 
 
-def decide(candidates: list[Candidate], runs: list[Run], winner: str | None, chosen_by: str) -> Confirmation:
-    """The figures of the runs so far: rates per stage and the winner's paired speedups."""
+def decide(
+    candidates: list[Candidate], runs: list[Run], winner: str | None, chosen_by: str, objective: Objective
+) -> Confirmation:
+    """The figures of the runs so far: medians per stage and the winner's paired speedups."""
     speedups = {
-        "vs_baseline": paired_speedup(runs, winner, "baseline"),
-        "vs_vendor": paired_speedup(runs, winner, "vendor_recommended"),
+        "vs_baseline": paired_speedup(runs, winner, "baseline", objective),
+        "vs_vendor": paired_speedup(runs, winner, "vendor_recommended", objective),
     }
     return Confirmation(candidates=list(candidates), runs=list(runs), winner=winner,
                         rates=_medians(candidates, runs, ESTIMATE), speedups=speedups,
-                        selection=_medians(candidates, runs, SELECT), chosen_by=chosen_by)
+                        selection=_medians(candidates, runs, SELECT), chosen_by=chosen_by, objective=objective)
 
 
-def paired_speedup(runs: list[Run], label: str | None, reference: str) -> dict[str, Any] | None:
-    """Median over the estimation rounds of the ratio ``label / reference`` in the same round.
+def paired_speedup(runs: list[Run], label: str | None, reference: str, objective: Objective) -> dict[str, Any] | None:
+    """Median over the estimation rounds of how many times better ``label`` is than ``reference`` per round.
 
     Returns:
         ``value``, the interval ``low`` and ``high``, its ``level`` (achieved for this many rounds),
@@ -348,12 +362,12 @@ def paired_speedup(runs: list[Run], label: str | None, reference: str) -> dict[s
         return None
     by_round: dict[int, dict[str, float]] = {}
     for run in runs:
-        if run.voxels_per_s and run.stage == ESTIMATE:
-            by_round.setdefault(run.round, {})[run.label] = run.voxels_per_s
+        if run.value and run.stage == ESTIMATE:
+            by_round.setdefault(run.round, {})[run.label] = run.value
     used = sorted(n for n, r in by_round.items() if label in r and reference in r)
     if not used:
         return None
-    ratios = [by_round[n][label] / by_round[n][reference] for n in used]
+    ratios = [objective.speedup(by_round[n][label], by_round[n][reference]) for n in used]
     interval = median_interval(ratios)
     return {"value": statistics.median(ratios), "low": interval.low, "high": interval.high,
             "level": interval.level, "method": interval.method, "rounds": len(ratios),

@@ -81,7 +81,3 @@ def print_host(host: HostInfo, calibration: Calibration | None = None) -> None:
         bf16 = calibration.bfloat16_peak_gflops_per_s
         table.add_row("bfloat16 GEMM peak", "does not run here" if bf16 is None else f"{bf16:.0f} GFLOP/s")
     console.print(table)
-
-
-def format_rate(value: float | None) -> str:  # TEMP until the merge of the confirmation changes
-    return format_figure(value)

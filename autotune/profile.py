@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from autotune.errors import UserError
 from autotune.files import atomic_write
-from autotune.protocol import Outcome, ProtocolError, TrialConfig
+from autotune.protocol import Outcome, ProtocolError
 
 if TYPE_CHECKING:
     from autotune.host import HostInfo
@@ -312,12 +312,11 @@ def profile_config(measurer: Measurer, config: Mapping[str, Any], *, steps: int 
         UserError: The configuration cannot be launched on this host.
     """
     with tempfile.TemporaryDirectory(prefix="autotune-profile-") as folder:
-        spec = measurer.spec(config, steps=steps, profile_dir=folder)
+        spec = measurer.spec(config, timed_steps=steps, profile_dir=folder)
         params = dict(spec.config.params)
-        params["warmup"] = max(1, int(params.get("warmup", 1)))
-        if "trial_seconds" in params:
-            params["trial_seconds"] = 0
-        trial_config = TrialConfig(workload=spec.config.workload, params=params)
+        if "warmup" in params:  # XLA compiles in the first step: keep it out of the profile
+            params["warmup"] = max(1, int(params["warmup"]))
+        trial_config = dataclasses.replace(spec.config, params=params)
         outcome = measurer.runner.run(dataclasses.replace(spec, config=trial_config))
         if outcome.outcome is not Outcome.OK:
             reason = f"the profiling run {outcome.outcome.value}: {outcome.reason}"

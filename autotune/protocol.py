@@ -64,11 +64,14 @@ class TrialConfig:
         workload: Workload name, e.g. ``"unet3d"``.
         params: In-process knobs by their canonical names (``mode``, ``batch``, ``patch``,
             ``data_format``, ``intra_threads``, ``warmup``, ``steps``, ...).
+        timed_steps: When set, the driver's order: run exactly this many timed steps, whatever the
+            workload's own step knobs say (the confirmation stage's shorter runs). The harness obeys it.
         schema: Protocol schema version.
     """
 
     workload: str
     params: dict[str, Any]
+    timed_steps: int | None = None
     schema: int = SCHEMA_VERSION
 
     def to_json(self) -> str:
@@ -86,7 +89,10 @@ class TrialConfig:
         _check_schema(data, "trial config")
         if not isinstance(data.get("workload"), str) or not isinstance(data.get("params"), dict):
             raise ProtocolError("trial config needs a 'workload' string and a 'params' object")
-        return cls(workload=data["workload"], params=data["params"], schema=data["schema"])
+        steps = data.get("timed_steps")
+        if steps is not None and not (isinstance(steps, int) and not isinstance(steps, bool) and steps > 0):
+            raise ProtocolError("trial config's 'timed_steps' must be a positive integer")
+        return cls(workload=data["workload"], params=data["params"], timed_steps=steps, schema=data["schema"])
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import statistics
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -19,7 +20,8 @@ from rich.table import Table
 
 from autotune.calibrate import Calibration
 from autotune.confirm import CONFIRMATION_ATTR, ESTIMATE, Confirmation, describe, paired_speedup
-from autotune.console import console, format_rate
+from autotune.console import console, format_figure
+from autotune.contract import Objective
 from autotune.errors import UserError
 from autotune.exits import Exit
 from autotune.files import atomic_write
@@ -28,11 +30,13 @@ from autotune.intervals import METHOD_TEXT, percent, ratio_of_medians_interval
 from autotune.page import Section, to_html, to_markdown
 from autotune.plots import IMPORTANCE_METHOD, Bar, Figures, draw, plotly_js
 from autotune.profile import CONFIG_ROLES, StudyConfig
-from autotune.record import FIGURES
+from autotune.record import FIGURES, figures_of
 from autotune.space import SearchSpace
 
 ROLES = ("baseline", "vendor_recommended", "best")
 BEST_KIND = "autotune-best"
+# Study user attribute holding the objective a study tuned (name, unit, direction).
+OBJECTIVE_ATTR = "objective"
 # best.json schema: 2 added each speedup's interval level, method and runs (additive: a schema-1
 # reader finds every field it knew). Both are read.
 BEST_SCHEMA = 2
@@ -107,6 +111,8 @@ class StudySummary:
         peak_gflops_per_s: The host's measured float32 GEMM peak, when calibrated.
         peak_bf16_gflops_per_s: Its bfloat16 GEMM peak, where measured.
         conditions: The ``when`` conditions of conditional knobs, to show only the knobs a config uses.
+        objective: The figure the study tuned (:func:`study_objective`).
+        figure_units: The extra figures the workload declares, name -> unit (shown beside the objective).
     """
 
     study: str
@@ -121,7 +127,13 @@ class StudySummary:
     peak_gflops_per_s: float | None = None
     conditions: Mapping[str, Mapping[str, Sequence[Any]]] = field(default_factory=dict)
     peak_bf16_gflops_per_s: float | None = None
-    metric_name: str = "throughput"
+    objective: Objective = field(default_factory=lambda: Objective("value", "", "maximize"))
+    figure_units: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def metric_name(self) -> str:
+        """The objective with its unit: axis titles and Optuna's metric name."""
+        return self.objective.label
 
     @property
     def best(self) -> dict[str, Any] | None:
@@ -140,18 +152,20 @@ def summarize_study(
     (reading a study whose space file is not at hand) the configurations and figures are the same;
     only which knobs were searched, and their conditions, are unknown.
     """
+    objective = study_objective(study, space)
     trials = study.get_trials(deepcopy=False)
     ok = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE and "repeat_of" not in t.user_attrs]
     configs: dict[str, dict[str, Any] | None] = {}
     for role in ("baseline", "vendor_recommended"):
         matching = [t for t in ok if t.user_attrs.get("role") == role]
         configs[role] = _record(matching[0]) if matching else None
-    configs["best"] = _record(max(ok, key=lambda t: t.value)) if ok else None
+    best = (max if objective.maximize else min)(ok, key=lambda t: t.value) if ok else None
+    configs["best"] = _record(best) if best else None
     speedups = {
-        "vs_baseline": _speedup(configs["best"], configs["baseline"]),
-        "vs_vendor": _speedup(configs["best"], configs["vendor_recommended"]),
+        "vs_baseline": _speedup(configs["best"], configs["baseline"], objective),
+        "vs_vendor": _speedup(configs["best"], configs["vendor_recommended"], objective),
     }
-    confirmation = _confirmation(study)
+    confirmation = _confirmation(study, objective)
     winner = confirmation.candidate(confirmation.winner) if confirmation and confirmation.winner else None
     by_number = {t.number: t for t in trials}
     if winner is None or winner.trial not in by_number or winner.label not in confirmation.rates:
@@ -180,7 +194,9 @@ def summarize_study(
         searched=space.searched(pins) if space else [],
         conditions={name: dict(knob.when) for name, knob in space.knobs.items() if knob.when} if space else {},
         confirmation=confirmation,
-        metric_name=space.metric_name if space else (study.metric_names or ["throughput"])[0],
+        objective=objective,
+        figure_units=dict(space.contract.figures) if space and space.contract else dict(
+            study.user_attrs.get("figure_units") or {}),
         peak_gflops_per_s=calibration.peak_gflops_per_s if calibration else study.user_attrs.get(
             "gemm_peak_gflops_per_s"),
         peak_bf16_gflops_per_s=calibration.bfloat16_peak_gflops_per_s if calibration else study.user_attrs.get(
@@ -218,18 +234,36 @@ def study_document(study: optuna.Study) -> dict[str, Any]:
     return best_document(summarize_study(study, None, host))
 
 
-def _confirmation(study: optuna.Study) -> Confirmation | None:
+def study_objective(study: optuna.Study, space: SearchSpace | None = None) -> Objective:
+    """The figure a study tuned: as the study recorded it, else as its space declares it.
+
+    A study started before objectives were recorded, read without its space file, falls back to Optuna's
+    own stored value of each trial (name ``value``, no unit) in the study's direction.
+    """
+    data = study.user_attrs.get(OBJECTIVE_ATTR)
+    if isinstance(data, dict):
+        try:
+            return Objective(**data)
+        except TypeError:
+            pass
+    if space is not None and space.contract is not None:
+        return space.objective
+    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    return Objective("value", "", "maximize" if maximize else "minimize")
+
+
+def _confirmation(study: optuna.Study, objective: Objective) -> Confirmation | None:
     data = study.user_attrs.get(CONFIRMATION_ATTR)
     if not data:
         return None
     try:
-        return Confirmation.from_dict(data)
+        return Confirmation.from_dict(data, objective)
     except (KeyError, TypeError):
         return None
 
 
 def _record(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
-    return {"trial": trial.number, **trial.user_attrs}
+    return {"trial": trial.number, "value": trial.value, **trial.user_attrs}
 
 
 def paired(confirmation: Confirmation, value: Mapping[str, Any]) -> Speedup:
@@ -241,21 +275,28 @@ def paired(confirmation: Confirmation, value: Mapping[str, Any]) -> Speedup:
                    describe(confirmation, value), runs)
 
 
-def _speedup(faster: Mapping[str, Any] | None, slower: Mapping[str, Any] | None) -> Speedup | None:
-    """Throughput ratio of two search trials, per voxel, with an interval within one process each.
+def _speedup(
+    faster: Mapping[str, Any] | None, slower: Mapping[str, Any] | None, objective: Objective
+) -> Speedup | None:
+    """How many times better one search trial is than another, with an interval within one process each.
 
     No between-process spread was measured, so the interval covers the ratio of these two processes'
-    median step times only; it says nothing about what re-runs would give.
+    median step times only (scaled to the figures' ratio: their work per step differs, a constant);
+    it says nothing about what re-runs would give.
     """
     if not faster or not slower or not faster.get("step_seconds") or not slower.get("step_seconds"):
         return None
-    fast = [t / faster["voxels_per_step"] for t in faster["step_seconds"]]
-    slow = [t / slower["voxels_per_step"] for t in slower["step_seconds"]]
+    value_fast, value_slow = objective.value(faster), objective.value(slower)
+    if not value_fast or not value_slow:
+        return None
+    fast, slow = list(faster["step_seconds"]), list(slower["step_seconds"])
+    point = objective.speedup(value_fast, value_slow)
+    scale = point / (statistics.median(slow) / statistics.median(fast))
     interval = ratio_of_medians_interval(slow, fast)
     basis = (f"ratio of the medians of search trials {faster['trial']} and {slower['trial']} "
              f"({len(fast)} and {len(slow)} timed steps), {METHOD_TEXT[interval.method]}; no confirmation rounds "
              "measured the spread between processes")
-    return Speedup(value=faster["voxels_per_s"] / slower["voxels_per_s"], low=interval.low, high=interval.high,
+    return Speedup(value=point, low=interval.low * scale, high=interval.high * scale,
                    level=interval.level, method=interval.method, scope=WITHIN_PROCESS, basis=basis,
                    runs={"trials": [faster["trial"], slower["trial"]], "timed_steps": [len(fast), len(slow)]},
                    at_least=True)
@@ -309,7 +350,7 @@ def _entry(record: Mapping[str, Any] | None) -> dict[str, Any] | None:
     if record is None:
         return None
     keys = ("trial", "role", "config", "env", "params", "cpus", "step_seconds", "effective", *FIGURES)
-    return {key: record.get(key) for key in keys}
+    return {**{key: record.get(key) for key in keys}, **figures_of(record)}
 
 
 def write_outputs(summary: StudySummary, report_dir: Path) -> None:
@@ -326,33 +367,47 @@ def write_outputs(summary: StudySummary, report_dir: Path) -> None:
         raise ReportError(f"cannot write the report to {report_dir}: {exc.strerror or exc}") from None
 
 
-def role_figures(summary: StudySummary, role: str) -> dict[str, float] | None:
-    """Throughput, latency, GFLOP/s, share of peak and speedup of one role's configuration.
+def role_figures(summary: StudySummary, role: str) -> dict[str, float | None] | None:
+    """The objective, the declared extra figures, share of peak and speedup of one role's configuration.
 
-    Confirmed figures (median over the confirmation rounds, paired speedups) when the study has a
-    confirmation stage that measured the configuration; the search trial's figures otherwise.
+    Confirmed figures (the median over the estimation rounds, paired speedups) when the confirmation
+    stage measured the configuration; the search trial's figures otherwise. The extras come from the
+    search trial, rescaled to the confirmed speed: a figure per second scales with it, one in seconds
+    inversely, others stay as measured.
     """
     record = summary.configs.get(role)
     if record is None:
         return None
+    objective = summary.objective
+    searched = objective.value(record)
     label = confirmation_label(summary, role)
     confirmation = summary.confirmation
-    rate = record["voxels_per_s"]
+    value = searched
     if confirmation is not None and label in confirmation.rates:
-        rate = confirmation.rates[label]
-    gflops = rate * record["flops_per_step"] / record["voxels_per_step"] / 1e9
+        value = confirmation.rates[label]
+    faster = objective.speedup(value, searched) if value and searched else 1.0
+    figures: dict[str, float | None] = {objective.name: value}
+    for name, unit in summary.figure_units.items():
+        measured = record.get(name)
+        if name == objective.name or not isinstance(measured, int | float):
+            figures[name] = None if name != objective.name else value
+        elif unit.endswith("/s"):
+            figures[name] = measured * faster
+        elif unit == "s":
+            figures[name] = measured / faster
+        else:
+            figures[name] = measured
+    gflops = figures.get("gflops_per_s")
     speedup = None
     if role != "baseline":
         if confirmation is not None and label in confirmation.rates:
-            found = paired_speedup(confirmation.runs, label, "baseline")
+            found = paired_speedup(confirmation.runs, label, "baseline", objective)
             speedup = found["value"] if found else None
-        elif summary.configs.get("baseline"):
-            speedup = rate / summary.configs["baseline"]["voxels_per_s"]
+        elif (base := objective.value(summary.configs.get("baseline"))) and value:
+            speedup = objective.speedup(value, base)
     return {
-        "voxels_per_s": rate,
-        "latency_per_sample_s": record["voxels_per_step"] / rate / int(record["config"].get("batch", 1)),
-        "gflops_per_s": gflops,
-        "share_of_peak": gflops / peak if (peak := _peak(summary, record["config"])) else None,
+        **figures,
+        "share_of_peak": gflops / peak if gflops and (peak := _peak(summary, record)) else None,
         "speedup_vs_baseline": speedup,
     }
 
@@ -361,9 +416,13 @@ def _active(summary: StudySummary, knob: str, config: Mapping[str, Any]) -> bool
     return all(config.get(other) in values for other, values in summary.conditions.get(knob, {}).items())
 
 
-def _peak(summary: StudySummary, config: Mapping[str, Any]) -> float | None:
-    """The GEMM peak a configuration is measured against: bfloat16's for mixed_bfloat16, else float32's."""
-    if config.get("precision") == "mixed_bfloat16" and summary.peak_bf16_gflops_per_s:
+def _peak(summary: StudySummary, record: Mapping[str, Any]) -> float | None:
+    """The GEMM peak a trial is measured against: bfloat16's when it computed in bfloat16, else float32's.
+
+    What it computed in is what the trial observed (``effective.precision_policy``), not a knob's name.
+    """
+    effective = record.get("effective") or {}
+    if "bfloat16" in str(effective.get("precision_policy", "")) and summary.peak_bf16_gflops_per_s:
         return summary.peak_bf16_gflops_per_s
     return summary.peak_gflops_per_s
 
@@ -378,12 +437,13 @@ def confirmation_label(summary: StudySummary, role: str) -> str:
 def table_rows(summary: StudySummary) -> list[list[str]]:
     """Rows of the end table: role, trial, knobs that differ from baseline, figures, speedup."""
     baseline = summary.configs.get("baseline")
+    names = figure_columns(summary)
     rows = []
     for role in ROLES:
         record = summary.configs.get(role)
         values = role_figures(summary, role)
         if record is None or values is None:
-            rows.append([role, "-", "(no successful trial)", "-", "-", "-", "-", "-"])
+            rows.append([role, "-", "(no successful trial)", *["-"] * len(names), "-", "-"])
             continue
         share = values["share_of_peak"]
         speedup = values["speedup_vs_baseline"]
@@ -393,13 +453,31 @@ def table_rows(summary: StudySummary) -> list[list[str]]:
             knob_text(record["config"], baseline["config"]) if baseline and role != "baseline"
             else knob_text({k: record["config"][k] for k in summary.searched
                             if k in record["config"] and _active(summary, k, record["config"])}, None),
-            format_rate(values["voxels_per_s"]),
-            f"{values['latency_per_sample_s']:.3f} s",
-            f"{values['gflops_per_s']:.1f}",
+            *(format_figure(values.get(name)) for name in names),
             "-" if share is None else f"{share:.1%}",
             "1.00x" if role == "baseline" else "-" if speedup is None else f"{speedup:.2f}x",
         ])
     return rows
+
+
+def figure_columns(summary: StudySummary) -> list[str]:
+    """The figures of the end table: the objective, then the workload's declared extras."""
+    return [summary.objective.name, *(n for n in summary.figure_units if n != summary.objective.name)]
+
+
+def headers(summary: StudySummary) -> list[str]:
+    """Column titles of the end table, each figure with its unit."""
+    units = {**summary.figure_units, summary.objective.name: summary.objective.unit}
+    return ["config", "trial", "knobs (vs baseline)",
+            *(_column_title(name, units.get(name, "")) for name in figure_columns(summary)), "of peak", "speedup"]
+
+
+def _column_title(name: str, unit: str) -> str:
+    """``voxels/s`` for a rate, ``latency per sample (s)`` otherwise."""
+    if unit.endswith("/s") and unit != "s":
+        return unit
+    words = name.removesuffix("_s").replace("_", " ")
+    return f"{words} ({unit})" if unit else words
 
 
 def knob_text(config: Mapping[str, Any], relative_to: Mapping[str, Any] | None) -> str:
@@ -408,16 +486,12 @@ def knob_text(config: Mapping[str, Any], relative_to: Mapping[str, Any] | None) 
     return " ".join(f"{k}={config[k]}" for k in keys) or "(same as baseline)"
 
 
-HEADERS = ["config", "trial", "knobs (vs baseline)", "voxels/s", "latency", "GFLOP/s", "of peak",
-           "speedup"]
-
-
 def print_summary(
     summary: StudySummary, report_dir: Path, stats: Mapping[str, Any], *, written: bool = True
 ) -> None:
     """Print the end table and, when ``written``, where the outputs are."""
     table = Table(title=f"study {summary.study}")
-    for header in HEADERS:
+    for header in headers(summary):
         table.add_column(header, overflow="fold")
     for row in table_rows(summary):
         table.add_row(*row)
@@ -439,7 +513,8 @@ def print_summary(
 def estimand(summary: StudySummary) -> str:
     """What the speedups estimate, in words."""
     if summary.confirmation is not None:
-        return ("What is estimated: the median over rounds of the paired throughput ratio on this host; each "
+        return (f"What is estimated: the median over rounds of the paired ratio of {summary.objective.name} "
+                "(how many times better) on this host; each "
                 "round ran the configurations back to back in fresh processes, so drift common to a round cancels. "
                 "An interval's level is the probability that it covers that median, exact for its number of rounds "
                 "(distribution-free).")
@@ -457,9 +532,9 @@ def role_speedup(summary: StudySummary, role: str) -> Speedup | None:
     confirmation = summary.confirmation
     label = confirmation_label(summary, role)
     if confirmation is not None and label in confirmation.rates:
-        found = paired_speedup(confirmation.runs, label, "baseline")
+        found = paired_speedup(confirmation.runs, label, "baseline", summary.objective)
         return paired(confirmation, found) if found else None
-    return _speedup(summary.configs.get(role), summary.configs.get("baseline"))
+    return _speedup(summary.configs.get(role), summary.configs.get("baseline"), summary.objective)
 
 
 def report_sections(
@@ -478,7 +553,7 @@ def report_sections(
             + (" ".join(k for k, v in host.isa.items() if v) or "-")
             + _peaks_text(summary),
         ],
-        headers=HEADERS,
+        headers=headers(summary),
         rows=table_rows(summary),
     )
     facts = [

@@ -15,9 +15,10 @@ from typing import Any
 import optuna
 
 from autotune.confirm import CONFIRMATION_ATTR, DEFAULT_REPEATS, Confirmation, Run, confirm, paired_speedup
+from autotune.contract import Objective
 from autotune.errors import UserError
 from autotune.intervals import percent
-from autotune.runner import TrialRunner, TrialSpec
+from autotune.measurer import Measurer
 
 VERIFICATION_ATTR = "verification"
 # How far the winner's throughput, or the upper end of its speedup interval, may fall below the stored
@@ -34,8 +35,8 @@ class Verdict:
 
     Attributes:
         holds: Whether the stored result still holds.
-        stored_rate: The winner's confirmed voxels/s as stored.
-        rate: The winner's voxels/s now.
+        stored_rate: The winner's confirmed figure of the objective as stored.
+        rate: The winner's figure now.
         stored_speedup: Stored paired speedup over the baseline, ``(value, low, high)``.
         speedup: Paired speedup now, ``(value, low, high)``.
         reasons: Why it does not hold (empty when it holds).
@@ -55,7 +56,7 @@ class Verdict:
     rounds: int = 0
 
 
-def stored_confirmation(study: optuna.Study) -> Confirmation:
+def stored_confirmation(study: optuna.Study, objective: Objective) -> Confirmation:
     """The study's confirmation stage.
 
     Raises:
@@ -66,7 +67,7 @@ def stored_confirmation(study: optuna.Study) -> Confirmation:
         raise UserError(f"study {study.study_name!r} has no confirmation stage to verify; "
                         "run `autotune run` with --confirm-repeats > 0 first")
     try:
-        confirmation = Confirmation.from_dict(data)
+        confirmation = Confirmation.from_dict(data, objective)
     except (KeyError, TypeError):
         raise UserError(f"study {study.study_name!r} holds an unreadable confirmation") from None
     if confirmation.winner is None or confirmation.winner not in confirmation.rates:
@@ -76,33 +77,35 @@ def stored_confirmation(study: optuna.Study) -> Confirmation:
 
 def verify(
     study: optuna.Study,
-    make_spec: Callable[[Mapping[str, Any]], TrialSpec],
+    measurer: Measurer,
     *,
     repeats: int = DEFAULT_VERIFY_ROUNDS,
-    runner: TrialRunner | None = None,
     on_run: Callable[[Run], None] | None = None,
 ) -> Verdict:
-    """Re-measure the stored winner against the references and judge the stored result."""
-    stored = stored_confirmation(study)
+    """Re-measure the stored winner against the references, holding the cores, and judge the stored result."""
+    objective = measurer.space.objective
+    stored = stored_confirmation(study, objective)
     wanted = [stored.winner, "vendor_recommended", "baseline"]
     candidates = [c for label in dict.fromkeys(wanted) if (c := stored.candidate(label)) is not None]
-    now = confirm(study, candidates, make_spec, repeats=repeats, select_rounds=0, runner=runner, on_run=on_run,
-                  attr=VERIFICATION_ATTR)
-    return judge(stored, now)
+    with measurer.holding(f"verify {study.study_name}"):
+        now = confirm(study, candidates, measurer, repeats=repeats, select_rounds=0, on_run=on_run,
+                      attr=VERIFICATION_ATTR)
+    return judge(stored, now, objective)
 
 
-def judge(stored: Confirmation, now: Confirmation) -> Verdict:
-    """Compare a new confirmation of the stored winner with the stored one."""
+def judge(stored: Confirmation, now: Confirmation, objective: Objective) -> Verdict:
+    """Compare a new confirmation of the stored winner with the stored one (either direction of objective)."""
     winner = stored.winner
     stored_rate = stored.rates[winner]
     rate = now.rates.get(winner)
     reasons = []
     if rate is None:
         reasons.append(f"{winner} did not run successfully now")
-    elif rate < (1 - REGRESSION_TOLERANCE) * stored_rate:
-        reasons.append(f"{winner} runs at {rate / stored_rate:.0%} of its stored throughput")
+    elif objective.speedup(rate, stored_rate) < 1 - REGRESSION_TOLERANCE:
+        reasons.append(f"{winner} now reaches {objective.speedup(rate, stored_rate):.0%} of its stored "
+                       f"{objective.name}")
     stored_paired = stored.speedups.get("vs_baseline")
-    paired = paired_speedup(now.runs, winner, "baseline")
+    paired = paired_speedup(now.runs, winner, "baseline", objective)
     old, new = _triple(stored_paired), _triple(paired)
     if old and new and new[2] < (1 - REGRESSION_TOLERANCE) * old[1]:
         reasons.append(

@@ -28,7 +28,7 @@ import optuna
 
 from autotune.host import probe_host
 from autotune.space import REFERENCES, HostFacts, load_space
-from autotune.study import RunOptions, _enqueue_references, _sampler, run_study
+from autotune.study import RunOptions, enqueue_references, make_sampler, run_study
 
 SPACE = Path(__file__).resolve().parent / "reduced_unet3d.toml"
 TARGET = 0.95
@@ -58,10 +58,10 @@ def replay(kind: str, seed: int, space, table, goal: float, limit: int) -> tuple
     elif kind == "tpe":
         sampler = optuna.samplers.TPESampler(seed=seed)
     else:
-        sampler = _sampler(replace(RunOptions(), seed=seed), space, {})
+        sampler = make_sampler(replace(RunOptions(), seed=seed), space, {})
     study = optuna.create_study(direction="maximize", sampler=sampler)
     if kind == "default":
-        _enqueue_references(study, space, {})
+        enqueue_references(study, space, {})
     seen: set[tuple] = set()
     spent = 0.0
     for _ in range(limit * 20):

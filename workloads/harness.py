@@ -33,11 +33,16 @@ class BadInput(Exception):
 
 
 class Reporter:
-    """Emits protocol messages for one trial and times its steps."""
+    """Emits protocol messages for one trial and times its steps.
 
-    def __init__(self, stream=None) -> None:
+    ``timed_steps``, the driver's order from the trial config, fixes the number of timed steps of
+    :meth:`time_steps` whatever the workload's own knobs say.
+    """
+
+    def __init__(self, stream=None, timed_steps: int | None = None) -> None:
         self._stream = stream or sys.stdout
         self.setup_seconds = 0.0
+        self.timed_steps = timed_steps
 
     def emit(self, kind: str, **payload: Any) -> None:
         """Write one protocol message and flush it, so the driver sees it at once."""
@@ -73,6 +78,8 @@ class Reporter:
         Returns:
             Warm-up times and timed step times, in seconds.
         """
+        if self.timed_steps is not None:  # the driver's order (TrialConfig.timed_steps) overrides the knobs
+            steps, trial_seconds = self.timed_steps, 0.0
         self.setup_seconds = time.perf_counter() - PROCESS_START
         self.emit("setup", seconds=self.setup_seconds, work_per_step=work_per_step, warmup=warmup, steps=steps)
         warmups = [self._timed(step, index, index, True) for index in range(warmup)]
@@ -219,6 +226,7 @@ def main(
     except (BadInput, ProtocolError, OSError) as exc:
         reporter.emit("error", message=one_line(exc))
         return EXIT_BAD_INPUT
+    reporter.timed_steps = config.timed_steps
     try:
         if args.check:
             reporter.emit("checked", **(check(dict(config.params)) if check else {}))

@@ -1,0 +1,101 @@
+"""One ``autotune run``: set up, search, confirm, profile, report (:func:`run_study` owns the flow)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from autotune.confirm import (
+    CONFIRMATION_ATTR,
+)
+from autotune.exits import Exit
+from autotune.host import HostInfo
+from autotune.measurer import Measurer
+from autotune.report import (
+    ReportError,
+    StudySummary,
+    print_summary,
+    summarize_study,
+    write_outputs,
+    write_report,
+)
+from autotune.runner import TrialRunner
+from autotune.space import SearchSpace
+from autotune.study.loop import SearchLoop
+from autotune.study.options import RunOptions
+from autotune.study.setup import default_study_name, open_shared_study
+from autotune.study.stages import (
+    check_cores_free,
+    check_report_dir,
+    confirm_stage,
+    host_calibration,
+    profile_references,
+)
+
+
+def run_study(
+    options: RunOptions,
+    host: HostInfo,
+    space: SearchSpace,
+    pins: Mapping[str, Any],
+    runner: TrialRunner | None = None,
+) -> int:
+    """Run (or resume) a study and write its outputs.
+
+    Returns:
+        The exit status: 0 when the study ran, 1 when no trial succeeded, 130 when interrupted.
+
+    Raises:
+        UserError: The storage cannot be opened, the study belongs to another host or settings, or
+            the report folder cannot be made (checked before any trial runs).
+        ReportError: The report could not be written after the trials ran (a full disk): every
+            trial is stored, the summary is printed, and ``autotune report`` can write it later.
+    """
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    name = options.study_name or default_study_name(space, pins, host)
+    report_dir = options.report_dir or Path("reports") / name
+    check_report_dir(report_dir)
+    measurer = Measurer(space, host, data_dir=options.data_dir, timeout_s=options.trial_timeout_s,
+                        memory_cap_mb=options.memory_cap_mb, wait=options.wait_for_cores,
+                        runner=runner or TrialRunner())
+    if not options.wait_for_cores:
+        check_cores_free(measurer)
+    study = open_shared_study(options, name, host, space, pins)
+    started = time.monotonic()
+    calibration = host_calibration(host, study)
+    loop = SearchLoop(options, pins, study, measurer)
+    try:
+        interrupted = loop.run()
+    except KeyboardInterrupt:  # Ctrl-C between two measurements (asking, sampling, storing)
+        loop.fail_asked_trial()
+        interrupted = True
+    if not interrupted and options.confirm_repeats > 0:
+        interrupted = confirm_stage(options, study, measurer)
+    elif options.confirm_repeats <= 0 and study.user_attrs.get(CONFIRMATION_ATTR):
+        study.set_user_attr(CONFIRMATION_ATTR, None)  # an older confirmation no longer covers the study
+    summary = summarize_study(study, space, host, calibration)
+    if options.profile and not interrupted and summary.best is not None:
+        interrupted = profile_references(study, measurer, report_dir)
+    loop.stats["elapsed_s"] = time.monotonic() - started
+    try:
+        if options.full_report:
+            write_report(summary, study, report_dir)
+        else:
+            write_outputs(summary, report_dir)
+    except ReportError as exc:
+        print_summary(summary, report_dir, loop.stats, written=False)
+        raise ReportError(f"{exc}; every trial is stored in study {name!r}: write the report elsewhere with "
+                          f"`autotune report --study {name} --report-dir DIR` (same --storage, --space)") from None
+    print_summary(summary, report_dir, loop.stats)
+    if interrupted:
+        return Exit.Outcome.INTERRUPTED.value
+    return Exit.OK if summary.best is not None else Exit.FAILED
+
+
+def summary_of(study: optuna.Study, space: SearchSpace, host: HostInfo) -> StudySummary:
+    """The summary of a stored study (for commands that read a study without running it)."""
+    return summarize_study(study, space, host)

@@ -1,0 +1,209 @@
+"""Setting a study up for a worker: its name, Optuna study and sampler, host and pin checks, references.
+
+Everything here runs before the first trial, under the study's set-up lock when it reads then writes
+(:func:`open_shared_study`), so workers started together on several hosts stay consistent.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import socket
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import optuna
+import psutil
+
+from autotune.errors import UserError
+from autotune.host import HostInfo
+from autotune.lock import study_setup_lock
+from autotune.protocol import Outcome
+from autotune.pruning import BestFractionPruner
+from autotune.report import OBJECTIVE_ATTR
+from autotune.space import REFERENCES, SearchSpace
+from autotune.study.options import RunOptions
+from autotune.study.storage import redact, storage_errors, storage_url
+
+# Trials before TPE models the space, the baseline and vendor references included. Optuna's default
+# (10 random trials) spends a third of a 30-trial budget on random configurations; with the two
+# references as an informed start (one known-slow, one known-good) TPE may begin after two random
+# ones. benchmarks/search_efficiency.py: median trials to 95% of the grid's best fell from 11.5 to 7
+# (of 49), and the share of seeds within a quarter of the grid from 57% to 86%.
+TPE_STARTUP_TRIALS = 4
+
+
+def default_study_name(space: SearchSpace, pins: Mapping[str, Any], host: HostInfo) -> str:
+    """``<workload>-<label values>-<hash>``: the hash covers what is tuned, so two jobs never share a study.
+
+    It covers the host fingerprint, the pins, a command workload's program and the content of every file
+    a pin names (a model file retrained in place is another study). The label values are those of the
+    contract's ``label`` knobs (e.g. the mode), for people reading a list of studies.
+    """
+    files = {name: _file_digest(value) for name, value in sorted(pins.items())
+             if space.knobs[name].type == "file" and value}
+    identity = {
+        "workload": space.workload,
+        "host": host.fingerprint,
+        "pins": {k: str(v) for k, v in sorted(pins.items())},
+        "command": list(space.contract.command or ()) if space.contract else [],
+        "files": files,
+    }
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:8]
+    labels = [str(pins.get(k, space.knobs[k].default)) for k in (space.contract.label if space.contract else ())]
+    return "-".join([space.workload, *labels, digest])
+
+
+def _file_digest(path: str) -> str:
+    sha = hashlib.sha256()
+    try:
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                sha.update(block)
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    return sha.hexdigest()
+
+
+def open_shared_study(
+    options: RunOptions, name: str, host: HostInfo, space: SearchSpace, pins: Mapping[str, Any]
+) -> optuna.Study:
+    """Open the study and prepare it for this worker, safely beside other workers.
+
+    Everything here reads, then writes (the host fingerprint and pins recorded once, the references
+    enqueued once), so it runs under the study's set-up lock (:func:`autotune.lock.study_setup_lock`:
+    a PostgreSQL advisory lock shared by every host, a file lock for SQLite). Each run that joins the
+    study samples with ``seed + runs before it``, so workers started with the same command (and a
+    resumed run) do not propose the same configurations in the same order.
+    """
+    url = storage_url(options.storage)
+    with study_setup_lock(url, name, shown_url=redact(url)):
+        study = _open_study(options, name, space, pins)
+        _check_host(study, host, options.allow_mixed_hosts)
+        _check_pins(study, space, pins)
+        _fail_orphans(study)
+        enqueue_references(study, space, pins)
+        runs = int(study.user_attrs.get("runs", 0))
+        study.set_user_attr("runs", runs + 1)
+    if runs:
+        study.sampler = make_sampler(dataclasses.replace(options, seed=options.seed + runs), space, pins)
+    return study
+
+
+def _open_study(options: RunOptions, name: str, space: SearchSpace, pins: Mapping[str, Any]) -> optuna.Study:
+    url = storage_url(options.storage)
+    with storage_errors(url):
+        storage = optuna.storages.RDBStorage(url, heartbeat_interval=None)
+        study = optuna.create_study(
+            study_name=name,
+            storage=storage,
+            direction=space.objective.direction,
+            sampler=make_sampler(options, space, pins),
+            pruner=BestFractionPruner() if options.prune else optuna.pruners.NopPruner(),
+            load_if_exists=True,
+        )
+        name_metric(study, space)
+        return study
+
+
+def name_metric(study: optuna.Study, space: SearchSpace) -> None:
+    """Name the study's objective with its unit, so dashboards say ``throughput (voxels/s)``, not ``Objective 0``."""
+    if study.metric_names != [space.metric_name]:
+        with warnings.catch_warnings():  # experimental in Optuna 5; the name is all we want from it
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names([space.metric_name])
+
+
+def make_sampler(options: RunOptions, space: SearchSpace, pins: Mapping[str, Any]) -> optuna.samplers.BaseSampler:
+    if options.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=options.seed)
+    if options.sampler == "grid":
+        grid = {}
+        for name in space.searched(pins):
+            knob = space.knobs[name]
+            if knob.type == "bool":
+                grid[name] = [False, True]
+            elif knob.choices is not None:
+                grid[name] = list(knob.choices)
+            elif knob.type == "int":
+                grid[name] = list(range(int(knob.low), int(knob.high) + 1))
+            else:
+                raise UserError(f"--sampler grid cannot enumerate the float knob {name!r}; pin it with --set")
+        return _GridSampler(grid, seed=options.seed)
+    return optuna.samplers.TPESampler(
+        seed=options.seed, multivariate=True, group=True, n_startup_trials=TPE_STARTUP_TRIALS
+    )
+
+
+class _GridSampler(optuna.samplers.GridSampler):
+    """Optuna's grid sampler without its ``study.stop()`` after the last grid point.
+
+    That call only works inside ``Study.optimize`` and raises under ask/tell; the loop asks
+    :meth:`is_exhausted` before each trial instead.
+    """
+
+    def after_trial(
+        self, study: optuna.Study, trial: optuna.trial.FrozenTrial, state: Any, values: Any
+    ) -> None:
+        return None
+
+
+def _check_host(study: optuna.Study, host: HostInfo, allow_mixed: bool) -> None:
+    recorded = study.user_attrs.get("host_fingerprint")
+    if recorded is None:
+        study.set_user_attr("host_fingerprint", host.fingerprint)
+        study.set_user_attr("host", host.to_dict())
+    elif recorded != host.fingerprint and not allow_mixed:
+        raise UserError(
+            f"study {study.study_name!r} was recorded on host {recorded}, this host is {host.fingerprint}; "
+            "use another --study or --allow-mixed-hosts"
+        )
+
+
+def _check_pins(study: optuna.Study, space: SearchSpace, pins: Mapping[str, Any]) -> None:
+    recorded = study.user_attrs.get("pins")
+    wanted = dict(sorted(pins.items()))
+    if recorded is None:
+        study.set_user_attr("pins", wanted)
+        study.set_user_attr("workload", space.workload)
+        study.set_user_attr(OBJECTIVE_ATTR, dataclasses.asdict(space.objective))
+        study.set_user_attr("figure_units", dict(space.contract.figures) if space.contract else {})
+        if space.contract is not None and space.contract.command is not None:
+            study.set_user_attr("command", list(space.contract.command))
+        if space.path is not None:
+            study.set_user_attr("space_path", str(Path(space.path).resolve()))
+    elif recorded != wanted:
+        shown = " ".join(f"--set {k}={v}" for k, v in recorded.items()) or "no --set"
+        raise UserError(f"study {study.study_name!r} was started with {shown}; use the same or another --study")
+
+
+def _fail_orphans(study: optuna.Study) -> None:
+    """Fail RUNNING trials whose driver process on this host is gone (a killed earlier run)."""
+    me = socket.gethostname()
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        worker_host, _, pid = str(trial.user_attrs.get("worker", "")).rpartition(":")
+        if worker_host != me or not pid.isdigit() or (psutil.pid_exists(int(pid)) and int(pid) != os.getpid()):
+            continue
+        study._storage.set_trial_user_attr(trial._trial_id, "outcome", Outcome.INTERRUPTED.value)
+        study._storage.set_trial_user_attr(trial._trial_id, "reason", "the driver was killed during this trial")
+        study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
+
+
+def enqueue_references(study: optuna.Study, space: SearchSpace, pins: Mapping[str, Any]) -> None:
+    # An interrupted reference measured nothing: enqueue it again, so every study reports it.
+    roles = {
+        t.user_attrs.get("role")
+        for t in study.get_trials(deepcopy=False)
+        if t.user_attrs.get("outcome") != Outcome.INTERRUPTED.value
+    }
+    searched = space.searched(pins)
+    for role in REFERENCES:
+        if role in roles:
+            continue
+        config = space.reference(role, pins)
+        params = {n: config[n] for n in searched if space.knobs[n].active(config)}
+        study.enqueue_trial(params, user_attrs={"role": role})
