@@ -23,7 +23,7 @@ def format_figure(value: float | None, unit: str = "") -> str:
         return "-"
     for scale, prefix in ((1e9, "G"), (1e6, "M"), (1e4, "k")):
         if abs(value) >= scale:
-            return f"{value / scale:,.2f} {prefix}{unit}" if unit else f"{value / scale:,.2f} {prefix}"
+            return f"{value / scale:,.2f} {prefix} {unit}".rstrip()
     text = f"{value:.3g}" if abs(value) < 100 else f"{value:,.0f}"
     return f"{text} {unit}".rstrip()
 

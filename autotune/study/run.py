@@ -92,7 +92,7 @@ def run_study(
                           f"`autotune report --study {name} --report-dir DIR` (same --storage, --space)") from None
     print_summary(summary, report_dir, loop.stats)
     if interrupted:
-        return Exit.Outcome.INTERRUPTED.value
+        return Exit.INTERRUPTED
     return Exit.OK if summary.best is not None else Exit.FAILED
 
 

@@ -22,9 +22,11 @@ from autotune.confirm import (
     estimate_seconds,
     paired_speedup,
     run_seconds,
+    select_winner,
     timed_steps,
 )
-from autotune.launch import trial_spec
+from autotune.contract import Objective
+from autotune.measurer import Measurer
 from autotune.space import HostFacts, load_space
 from autotune.verify import judge, verify
 
@@ -106,8 +108,11 @@ def add(study, config, value, role="search", **attrs):
     study.add_trial(trial)
 
 
+OBJECTIVE = Objective("voxels_per_s", "voxels/s")
+
+
 def make_spec(space, host):
-    return lambda config: trial_spec(space, config, host, timeout_s=30)
+    return Measurer(space, host, timeout_s=30)
 
 
 def test_confirmation_overturns_a_lucky_search_trial(space, host):
@@ -163,29 +168,29 @@ def runs(values):
 
 def test_paired_speedup_is_the_median_of_round_ratios():
     rounds = runs([{"a": 10.0, "baseline": 2.0}, {"a": 9.0, "baseline": 3.0}, {"a": 8.0, "baseline": 2.0}])
-    result = paired_speedup(rounds, "a", "baseline")
+    result = paired_speedup(rounds, "a", "baseline", OBJECTIVE)
     assert result["value"] == pytest.approx(4.0)
     assert result["rounds"] == 3 and result["round_numbers"] == [1, 2, 3]
     # Order statistics of 3 ratios: [min, max], which covers their median 75% of the time, not 95%.
     assert (result["low"], result["high"]) == (pytest.approx(3.0), pytest.approx(5.0))
     assert result["level"] == pytest.approx(0.75) and result["method"] == "order-statistic"
-    assert paired_speedup(rounds, "baseline", "baseline") is None
-    assert paired_speedup(rounds, "missing", "baseline") is None
+    assert paired_speedup(rounds, "baseline", "baseline", OBJECTIVE) is None
+    assert paired_speedup(rounds, "missing", "baseline", OBJECTIVE) is None
 
 
 def test_paired_speedup_leaves_out_the_selection_rounds():
     estimate = runs([{"a": 10.0, "baseline": 2.0}] * 5)
     selection = [Run("a", 0, "ok", 100.0, stage=SELECT), Run("baseline", 0, "ok", 1.0, stage=SELECT)]
-    result = paired_speedup(selection + estimate, "a", "baseline")
+    result = paired_speedup(selection + estimate, "a", "baseline", OBJECTIVE)
     assert result["value"] == pytest.approx(5.0) and result["high"] == pytest.approx(5.0)
     assert result["rounds"] == 5 and result["level"] == pytest.approx(0.9375)
 
 
 def test_decide_ignores_failed_runs():
     candidates = [Candidate("a", 1, {}), Candidate("baseline", 0, {})]
-    result = decide(candidates, [Run("a", 0, "crashed"), Run("baseline", 0, "ok", 5.0)], "a", BY_SEARCH)
+    result = decide(candidates, [Run("a", 0, "crashed"), Run("baseline", 0, "ok", 5.0)], "a", BY_SEARCH, OBJECTIVE)
     assert result.rates == {"baseline": 5.0} and result.speedups["vs_baseline"] is None
-    assert Confirmation.from_dict(result.to_dict()) == result
+    assert Confirmation.from_dict(result.to_dict(), OBJECTIVE) == result
 
 
 def test_an_older_confirmation_is_read_with_its_honest_level():
@@ -204,7 +209,7 @@ def test_an_older_confirmation_is_read_with_its_honest_level():
         "winner": "trial 12", "rates": {}, "speedups": {"vs_baseline": {"value": 15.0, "low": 13.4, "high": 15.7,
                                                                          "rounds": 3}, "vs_vendor": None},
     }
-    confirmation = Confirmation.from_dict(old)
+    confirmation = Confirmation.from_dict(old, OBJECTIVE)  # its runs keep the value under the objective's name
     speedup = confirmation.speedups["vs_baseline"]
     assert confirmation.chosen_by == BY_SAME_RUNS and confirmation.winner == "trial 12"
     assert speedup["level"] == pytest.approx(0.75) and speedup["rounds"] == 3
@@ -216,38 +221,38 @@ def test_judge_flags_a_slower_winner_only():
     candidates = [Candidate("a", 1, {}), Candidate("baseline", 0, {})]
 
     def measured(rate):
-        return decide(candidates, runs([{"a": rate, "baseline": 2.0}] * 5), "a", BY_SEARCH)
+        return decide(candidates, runs([{"a": rate, "baseline": 2.0}] * 5), "a", BY_SEARCH, OBJECTIVE)
 
     stored = measured(10.0)
-    assert judge(stored, measured(10.5)).holds
-    assert judge(stored, measured(12.0)).holds
-    slower = judge(stored, measured(5.0))
+    assert judge(stored, measured(10.5), OBJECTIVE).holds
+    assert judge(stored, measured(12.0), OBJECTIVE).holds
+    slower = judge(stored, measured(5.0), OBJECTIVE)
     assert not slower.holds
-    assert any("50% of its stored throughput" in r for r in slower.reasons)
+    assert any("50% of its stored voxels_per_s" in r for r in slower.reasons)
     assert any("93.8% interval, 5 rounds" in r for r in slower.reasons)
     assert slower.level == pytest.approx(0.9375) and slower.rounds == 5
 
 
-STEPPED = {"steps": 20, "trial_seconds": 6.0}
-
-
-@pytest.mark.parametrize(("config", "median", "ran", "steps"), [
-    (STEPPED, 16.0, 3, 1),  # the 128^3 baseline: one 16 s step instead of three
-    (STEPPED, 2.03, 3, 2),  # the vendor config
-    (STEPPED, 0.29, 20, math.ceil(CONFIRM_TIMED_SECONDS / 0.29)),
-    (STEPPED, 0.29, 4, 4),  # never more steps than its search trial ran
-    ({"steps": 5, "trial_seconds": 0.0}, 16.0, 5, None),  # the user asked for exactly 5
-    ({"batch": 1}, 16.0, 3, None),  # a workload without the harness's step knobs
+@pytest.mark.parametrize(("median", "ran", "steps"), [
+    (16.0, 3, 1),  # the 128^3 baseline: one 16 s step instead of three
+    (2.03, 3, 2),  # the vendor config
+    (0.29, 20, math.ceil(CONFIRM_TIMED_SECONDS / 0.29)),
+    (0.29, 4, 4),  # never more steps than its search trial ran
+    (16.0, 2, None),  # fewer than three timed steps: nothing to shorten, run as it ran
 ])
-def test_confirmation_runs_time_about_three_seconds_of_steps(config, median, ran, steps):
+def test_confirmation_runs_time_about_three_seconds_of_steps(median, ran, steps):
     record = {"median_step_s": median, "step_seconds": [median] * ran, "wall_seconds": 70.0}
-    assert timed_steps(config, record) == steps
-    candidate = Candidate("x", 1, config, steps)
-    if steps is None:
-        assert candidate.run_config() == config
-    else:
-        assert candidate.run_config() == {**config, "steps": steps, "trial_seconds": 0.0}
+    assert timed_steps(record) == steps
+    if steps is not None:
         assert run_seconds(record, steps) == pytest.approx(70.0 - (ran - steps) * median)
+
+
+def test_a_shorter_run_is_the_drivers_order_whatever_the_workload_knobs(space, host):
+    config = space.configure({"steps": 9, "trial_seconds": 6.0, "step_seconds": 0.001})
+
+    _, outcome = Measurer(space, host, timeout_s=30).run(config, timed_steps=2)
+
+    assert outcome.outcome.value == "ok" and len(outcome.step_seconds) == 2 and outcome.planned_steps == 2
 
 
 def test_estimate_counts_one_selection_round_and_the_estimation_rounds(space):
@@ -313,4 +318,20 @@ def test_run_study_confirms_and_reports_paired_speedup(tmp_path, host, fake_spac
     assert "50% interval" in report and "95%" not in report
     printed = " ".join(capsys.readouterr().out.split())
     assert "best speedup vs baseline:" in printed and "50% interval); median of paired ratios" in printed
-    assert "What is estimated: the median over rounds of the paired throughput ratio" in printed
+    assert "What is estimated: the median over rounds of the paired ratio of voxels_per_s" in printed
+
+
+def test_a_latency_objective_is_confirmed_the_other_way_round():
+    latency = Objective("latency_s", "s", "minimize")
+    rounds = runs([{"a": 0.5, "baseline": 2.0}, {"a": 0.4, "baseline": 2.0}, {"a": 1.0, "baseline": 2.0}])
+    candidates = [Candidate("a", 1, {}), Candidate("b", 2, {}), Candidate("baseline", 0, {})]
+    selection = [Run("a", 0, "ok", 0.5, stage=SELECT), Run("b", 0, "ok", 0.9, stage=SELECT)]
+
+    result = paired_speedup(rounds, "a", "baseline", latency)
+
+    assert result["value"] == pytest.approx(4.0)  # 2.0 / 0.5: four times lower latency
+    assert (result["low"], result["high"]) == (pytest.approx(2.0), pytest.approx(5.0))
+    assert select_winner(candidates[:2], selection, latency) == "a"
+    assert judge(decide(candidates, rounds, "a", BY_SEARCH, latency),
+                 decide(candidates, runs([{"a": 1.0, "baseline": 2.0}] * 3), "a", BY_SEARCH, latency), latency
+                 ).holds is False

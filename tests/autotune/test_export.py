@@ -465,7 +465,7 @@ def test_cli_verify_needs_only_the_storage(stored_study: tuple[Path, str], tmp_p
     done = autotune(["verify", "--study", "s", "--storage", url, "--repeats", "1"], tmp_path)
 
     assert done.returncode in (0, 1), done.stderr
-    assert "winner throughput" in done.stdout and done.stderr == ""
+    assert "winner voxels_per_s" in done.stdout and done.stderr == ""
 
 
 def test_cli_export_writes_the_file(tmp_path: Path) -> None:

@@ -71,8 +71,8 @@ def test_the_metric_is_named_with_its_unit_in_the_study_and_the_figures(stored, 
     write_report(summarize_study(study, fake_space, host), study, folder / "named")
     page = (folder / "named" / "report.html").read_text()
 
-    assert study.metric_names == ["throughput (voxels/s)"]
+    assert study.metric_names == ["voxels_per_s (voxels/s)"]
     # plotly writes the figures' JSON with "/" escaped
-    assert page.count("throughput (voxels\\u002fs)") >= 3 and "Objective" not in page
+    assert page.count("voxels_per_s (voxels\\u002fs)") >= 3 and "Objective" not in page
     md = (folder / "named" / "report.md").read_text()
     assert "Optuna's PED-ANOVA evaluator" in md and "fANOVA" not in md

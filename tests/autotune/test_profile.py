@@ -15,6 +15,7 @@ import pytest
 from autotune import cli
 from autotune import profile as op_profile
 from autotune.errors import UserError
+from autotune.measurer import Measurer
 from autotune.profile import (
     BREAKDOWN_FILE,
     CATEGORIES,
@@ -33,7 +34,7 @@ from autotune.profile import (
     markdown_table,
     profile_config,
 )
-from autotune.protocol import Outcome, ProtocolError, TrialResult
+from autotune.protocol import SCHEMA_VERSION, Outcome, ProtocolError, TrialResult
 from autotune.runner import TrialOutcome, TrialSpec
 
 REPO = Path(__file__).resolve().parents[2]
@@ -215,10 +216,9 @@ class _StubRunner:
         if self.outcome is not Outcome.OK:
             return TrialOutcome(self.outcome, reason="killed by signal SIGSEGV")
         result = TrialResult.from_dict({
-            "schema": 1, "workload": "fake", "params": {}, "warmup_seconds": [0.1], "step_seconds": [0.1],
-            "median_step_s": 0.1, "mad_step_s": 0.0, "cv": 0.0, "voxels_per_step": 1, "voxels_per_s": 10.0,
-            "samples_per_s": 10.0, "latency_per_sample_s": 0.1, "flops_per_step": 1.0,
-            "gflops_per_s": 1e-8, "peak_rss_mb": 1.0, "setup_seconds": 0.1,
+            "schema": SCHEMA_VERSION, "workload": "fake", "params": {}, "warmup_seconds": [0.1],
+            "step_seconds": [0.1], "median_step_s": 0.1, "mad_step_s": 0.0, "cv": 0.0, "work_per_step": 1,
+            "figures": {"voxels_per_s": 10.0}, "peak_rss_mb": 1.0, "setup_seconds": 0.1,
         })
         return TrialOutcome(Outcome.OK, result=result)
 
@@ -226,11 +226,11 @@ class _StubRunner:
 def test_profile_config_runs_the_config_with_a_profile_dir(fake_space, host) -> None:
     config = fake_space.reference("baseline", {"steps": 7, "warmup": 0})
     runner = _StubRunner(document=BASELINE.to_dict())
-    got = profile_config(fake_space, config, host, timeout_s=12.0, memory_cap_mb=300.0, steps=2,
-                         runner=runner)
+    got = profile_config(Measurer(fake_space, host, timeout_s=12.0, memory_cap_mb=300.0, runner=runner), config,
+                         steps=2)
     assert got == BASELINE
     spec = runner.spec
-    assert spec.config.params["steps"] == 2
+    assert spec.config.timed_steps == 2
     assert spec.config.params["warmup"] == 1  # XLA compiles in the warm-up: never profiled
     assert spec.timeout_s == 12.0 and spec.memory_cap_mb == 300.0
     assert spec.env["TF_ENABLE_ONEDNN_OPTS"] == "0"  # launched exactly as the config says
@@ -240,19 +240,19 @@ def test_profile_config_runs_the_config_with_a_profile_dir(fake_space, host) -> 
 def test_profile_config_failures_are_profile_failed(fake_space, host) -> None:
     config = fake_space.reference("baseline")
     with pytest.raises(ProfileFailed, match="crashed: killed by signal SIGSEGV") as failed:
-        profile_config(fake_space, config, host, runner=_StubRunner(Outcome.CRASHED))
+        profile_config(Measurer(fake_space, host, runner=_StubRunner(Outcome.CRASHED)), config)
     assert failed.value.outcome.outcome is Outcome.CRASHED
     with pytest.raises(ProfileFailed, match=r"wrote no breakdown\.json"):
-        profile_config(fake_space, config, host, runner=_StubRunner())
+        profile_config(Measurer(fake_space, host, runner=_StubRunner()), config)
     with pytest.raises(ProfileFailed, match=r"unreadable breakdown\.json"):
-        profile_config(fake_space, config, host, runner=_StubRunner(document={"kind": "x"}))
+        profile_config(Measurer(fake_space, host, runner=_StubRunner(document={"kind": "x"})), config)
 
 
 def test_profile_config_of_a_workload_without_profiling(fake_space, host) -> None:
     """The fake workload, a real subprocess, ignores profile_dir: a clear failure, not a crash."""
     config = fake_space.reference("vendor_recommended", {"steps": 1})
     with pytest.raises(ProfileFailed, match="does it support profiling"):
-        profile_config(fake_space, config, host, timeout_s=60)
+        profile_config(Measurer(fake_space, host, timeout_s=60), config)
 
 
 def autotune(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -265,7 +265,7 @@ def test_cli_unknown_study_is_one_line_exit_2(tmp_path: Path) -> None:
     done = autotune(["profile", "--study", "nope", "--config", "best"], tmp_path)
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1
-    assert done.stderr.startswith("autotune: error: no study 'nope' in sqlite:///autotune.db")
+    assert done.stderr.startswith("autotune: error: no study storage at autotune.db")  # not created
     assert "Traceback" not in done.stderr
 
 
@@ -304,7 +304,7 @@ def test_cli_profiles_the_best_and_shows_it_beside_the_baseline(
     url = _stored_study(tmp_path, fake_space, roles=("baseline", "search", "search"))
     calls = []
 
-    def fake_profile(space, config, host_, **kwargs):
+    def fake_profile(measurer, config, **kwargs):
         calls.append((config, kwargs))
         return BEST
 
