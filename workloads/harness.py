@@ -46,7 +46,7 @@ class Reporter:
 
     def time_steps(
         self,
-        step: Callable[[int], None],
+        step: Callable[[int], float | None],
         warmup: int,
         steps: int,
         *,
@@ -61,7 +61,9 @@ class Reporter:
         warm-up step (or the first timed one), at least :data:`MIN_CALIBRATED_STEPS`, at most ``steps``.
 
         Args:
-            step: Runs one complete step (including waiting for its result) given its index.
+            step: Runs one complete step (including waiting for its result) given its index; it may
+                return the step's own figure of the objective (a program that prints its figure), which
+                the step message carries as ``figure``.
             warmup: Number of warm-up steps, not counted in the figure.
             steps: Number of timed steps (the maximum when calibrating).
             work_per_step: Work per step in the objective's unit (voxels, samples), sent ahead so the
@@ -89,11 +91,12 @@ class Reporter:
                 self.emit("plan", steps=planned)
         return warmups, timed
 
-    def _timed(self, step: Callable[[int], None], index: int, reported: int, warmup: bool) -> float:
+    def _timed(self, step: Callable[[int], float | None], index: int, reported: int, warmup: bool) -> float:
         start = time.perf_counter()
-        step(index)
+        figure = step(index)
         elapsed = time.perf_counter() - start
-        self.emit("step", index=reported, seconds=elapsed, warmup=warmup)
+        extra = {} if figure is None else {"figure": float(figure)}
+        self.emit("step", index=reported, seconds=elapsed, warmup=warmup, **extra)
         return elapsed
 
 
