@@ -194,14 +194,15 @@ def loaded_runtimes() -> dict[str, str | None]:
 
 
 def main(
-    workload: str,
+    workload: str | None,
     run: Callable[[dict[str, Any], Reporter], TrialResult],
     check: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
 ) -> int:
     """Process entry point of a workload: ``python -m workloads.<name> --config FILE [--check]``.
 
     Args:
-        workload: The workload's name, checked against the config.
+        workload: The workload's name, checked against the config; None accepts any name (the command
+            wrapper runs under the name of the user's own search space).
         run: Runs the trial and returns its result record.
         check: With ``--check``, validates the config's values and the inputs without measuring and
             returns what it found (sent as the ``checked`` message); None checks the config alone.
@@ -210,14 +211,14 @@ def main(
         The exit status: 0 on success, 2 on bad input. Other failures raise, so the driver sees
         the traceback on stderr and a non-zero status.
     """
-    parser = argparse.ArgumentParser(prog=f"python -m workloads.{workload}")
+    parser = argparse.ArgumentParser(prog=f"python -m workloads.{workload}" if workload else None)
     parser.add_argument("--config", required=True, help="trial config JSON file")
     parser.add_argument("--check", action="store_true", help="check the config and inputs, measure nothing")
     args = parser.parse_args()
     reporter = Reporter()
     try:
         config = TrialConfig.from_json(Path(args.config).read_text())
-        if config.workload != workload:
+        if workload is not None and config.workload != workload:
             raise BadInput(f"config is for workload {config.workload!r}, not {workload!r}")
     except (BadInput, ProtocolError, OSError) as exc:
         reporter.emit("error", message=one_line(exc))
