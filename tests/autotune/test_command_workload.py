@@ -121,8 +121,11 @@ def test_a_printed_figure_is_tuned_and_exec_runs_the_winner(tmp_path: Path) -> N
     print(done.stdout)
     trials = stored(tmp_path, "printed")
     assert len(trials) >= 4
-    for trial in trials[:4]:
-        assert trial.user_attrs["outcome"] == "ok", trial.user_attrs.get("reason")
+    # A search trial may be pruned on its printed step figures, or repeat a configuration (not run again).
+    assert [t.user_attrs["outcome"] for t in trials[:2]] == ["ok", "ok"]
+    measured = [t for t in trials[:4] if t.user_attrs["outcome"] == "ok"]
+    assert all(t.user_attrs["outcome"] in ("ok", "pruned", "repeat") for t in trials)
+    for trial in measured:
         omp = trial.user_attrs["config"]["omp_num_threads"]
         n = omp or 4
         assert trial.values[0] == pytest.approx(1 / (0.004 * (1 + 2 * abs(n - 2))))
@@ -133,7 +136,7 @@ def test_a_printed_figure_is_tuned_and_exec_runs_the_winner(tmp_path: Path) -> N
 
 def test_wall_time_with_the_bundled_space_then_exec(tmp_path: Path) -> None:
     program = ("import os, time; n = int(os.environ.get('OMP_NUM_THREADS') or 4); "
-               "time.sleep(0.004 * (1 + 2 * abs(n - 2)))")
+               "time.sleep(0.02 * (1 + 2 * abs(n - 2)))")
     done = autotune([*run_args(tmp_path, "wall", "--workload", "command"), "--", PY, "-c", program], tmp_path)
     print(done.stdout)
     trials = stored(tmp_path, "wall")
