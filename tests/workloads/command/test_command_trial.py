@@ -201,3 +201,20 @@ def test_step_messages_carry_the_printed_figure(tmp_path: Path) -> None:
     TrialRunner().run(spec, on_step=lambda steps, progress: seen.append(progress["step_figures"]) and False)
     assert seen[-1] == [20.0, 30.0, 40.0]
     assert statistics.median(seen[-1]) == 30.0
+
+
+def test_any_workload_name_runs_under_the_wrapper() -> None:
+    spec = TrialSpec(module="workloads.command", timeout_s=60,
+                     config=TrialConfig("my_predict", params(script("pass"), steps=1)))
+    done = TrialRunner().run(spec)
+    assert done.outcome is Outcome.OK, done.reason
+
+
+@pytest.mark.tf
+def test_the_keras_example_reports_samples_per_second() -> None:
+    example = Path(__file__).resolve().parents[3] / "examples" / "predict.py"
+    config = params([PY, str(example), "--batches", "2", "--report"], figure_key="samples_per_s",
+                    objective="samples_per_s", warmup=0, steps=1, batch=2)
+    done = run_trial(config, timeout_s=300)
+    assert done.outcome is Outcome.OK, done.reason + done.stderr_tail[-500:]
+    assert done.result.figures["samples_per_s"] > 0
