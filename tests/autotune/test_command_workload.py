@@ -13,6 +13,11 @@ from pathlib import Path
 import optuna
 import pytest
 
+from autotune.contract import ContractError, parse_contract
+from autotune.host import HostInfo
+from autotune.launch import launch_for
+from autotune.space import HostFacts, bundled_space, load_space
+
 PY = sys.executable
 REPO = Path(__file__).resolve().parents[2]
 # Sleeps least with OMP_NUM_THREADS=2 (unset counts as 4); prints its own figure, items per second.
@@ -198,3 +203,32 @@ def assert_one_line(done: subprocess.CompletedProcess[str], message: str) -> Non
     assert done.returncode == 2, done.stderr[-2000:]
     assert len(lines) == 1 and lines[0].startswith("autotune: error: "), done.stderr
     assert message in lines[0]
+
+
+# ---- the bundled space and the driver's side ----
+
+
+def test_the_bundled_space_builds_the_wrapper_config(host: HostInfo, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    space = load_space(bundled_space("command"), HostFacts.of(host)).with_command(["python", "predict.py"])
+    monkeypatch.chdir(tmp_path)
+    baseline = launch_for(space, space.reference("baseline", {}), host)
+    assert baseline.params["command"] == ["python", "predict.py"]
+    assert baseline.params["cwd"] == str(tmp_path)  # the program's relative paths are the user's
+    assert (baseline.params["objective"], baseline.params["direction"]) == ("runs_per_s", "maximize")
+    assert {k: baseline.env[k] for k in ("OMP_NUM_THREADS", "TF_NUM_INTRAOP_THREADS", "LD_PRELOAD")} == dict.fromkeys(
+        ("OMP_NUM_THREADS", "TF_NUM_INTRAOP_THREADS", "LD_PRELOAD"))
+    assert baseline.cpus is None
+    vendor = launch_for(space, space.reference("vendor_recommended", {}), host)
+    assert vendor.env["OMP_NUM_THREADS"] == str(host.physical_cores)
+    assert vendor.env["TF_ENABLE_ONEDNN_OPTS"] == "1"
+    assert vendor.env["KMP_BLOCKTIME"] == "1"
+    assert vendor.cpus is not None
+
+
+def test_a_command_space_may_name_the_wrapper_module_beside_its_command() -> None:
+    table = {"name": "predict", "command": ["python", "p.py"],
+             "objective": {"name": "runs_per_s", "unit": "runs/s"}}
+    assert parse_contract({**table, "module": "workloads.command"}).command == ("python", "p.py")
+    with pytest.raises(ContractError, match="not both"):
+        parse_contract({**table, "module": "workloads.unet3d"})
