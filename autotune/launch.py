@@ -6,6 +6,7 @@ the trial runner, ``autotune exec`` and the exporters all use :func:`launch_for`
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -86,6 +87,9 @@ def _command_params(space: SearchSpace, params: dict[str, Any], args: dict[str, 
         "figure_pattern": contract.figure_pattern,
         "objective": contract.objective.name,
         "direction": contract.objective.direction,
+        # Trials run in a temporary folder: the program's relative paths (predict.py, scan.nii.gz) are
+        # the user's, read from where autotune was started.
+        "cwd": os.getcwd(),
     }
 
 

@@ -51,7 +51,7 @@ class Reporter:
 
     def time_steps(
         self,
-        step: Callable[[int], None],
+        step: Callable[[int], float | None],
         warmup: int,
         steps: int,
         *,
@@ -66,7 +66,9 @@ class Reporter:
         warm-up step (or the first timed one), at least :data:`MIN_CALIBRATED_STEPS`, at most ``steps``.
 
         Args:
-            step: Runs one complete step (including waiting for its result) given its index.
+            step: Runs one complete step (including waiting for its result) given its index; it may
+                return the step's own figure of the objective (a program that prints its figure), which
+                the step message carries as ``figure``.
             warmup: Number of warm-up steps, not counted in the figure.
             steps: Number of timed steps (the maximum when calibrating).
             work_per_step: Work per step in the objective's unit (voxels, samples), sent ahead so the
@@ -96,11 +98,12 @@ class Reporter:
                 self.emit("plan", steps=planned)
         return warmups, timed
 
-    def _timed(self, step: Callable[[int], None], index: int, reported: int, warmup: bool) -> float:
+    def _timed(self, step: Callable[[int], float | None], index: int, reported: int, warmup: bool) -> float:
         start = time.perf_counter()
-        step(index)
+        figure = step(index)
         elapsed = time.perf_counter() - start
-        self.emit("step", index=reported, seconds=elapsed, warmup=warmup)
+        extra = {} if figure is None else {"figure": float(figure)}
+        self.emit("step", index=reported, seconds=elapsed, warmup=warmup, **extra)
         return elapsed
 
 
@@ -198,14 +201,15 @@ def loaded_runtimes() -> dict[str, str | None]:
 
 
 def main(
-    workload: str,
+    workload: str | None,
     run: Callable[[dict[str, Any], Reporter], TrialResult],
     check: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
 ) -> int:
     """Process entry point of a workload: ``python -m workloads.<name> --config FILE [--check]``.
 
     Args:
-        workload: The workload's name, checked against the config.
+        workload: The workload's name, checked against the config; None accepts any name (the command
+            wrapper runs under the name of the user's own search space).
         run: Runs the trial and returns its result record.
         check: With ``--check``, validates the config's values and the inputs without measuring and
             returns what it found (sent as the ``checked`` message); None checks the config alone.
@@ -214,14 +218,14 @@ def main(
         The exit status: 0 on success, 2 on bad input. Other failures raise, so the driver sees
         the traceback on stderr and a non-zero status.
     """
-    parser = argparse.ArgumentParser(prog=f"python -m workloads.{workload}")
+    parser = argparse.ArgumentParser(prog=f"python -m workloads.{workload}" if workload else None)
     parser.add_argument("--config", required=True, help="trial config JSON file")
     parser.add_argument("--check", action="store_true", help="check the config and inputs, measure nothing")
     args = parser.parse_args()
     reporter = Reporter()
     try:
         config = TrialConfig.from_json(Path(args.config).read_text())
-        if config.workload != workload:
+        if workload is not None and config.workload != workload:
             raise BadInput(f"config is for workload {config.workload!r}, not {workload!r}")
     except (BadInput, ProtocolError, OSError) as exc:
         reporter.emit("error", message=one_line(exc))
