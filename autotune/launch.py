@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from autotune.contract import COMMAND_MODULE
 from autotune.errors import UserError
 from autotune.host import HostInfo, cpus_for_cores, socket_cpus
 from autotune.protocol import TrialConfig
@@ -65,6 +66,18 @@ def launch_for(space: SearchSpace, config: Mapping[str, Any], host: HostInfo) ->
 def _arg_text(value: Any) -> str:
     """A knob value as command-line text (booleans as true/false, as in the space file)."""
     return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+# What the command wrapper's config holds besides the knobs (see _command_params): not knobs, so not part
+# of a configuration's in-process params in records, exports or AUTOTUNE_PARAMS.
+WRAPPER_KEYS = ("command", "check_command", "args", "figure_key", "figure_pattern", "objective", "direction",
+                "cwd")
+
+
+def knob_params(spec: TrialSpec) -> dict[str, Any]:
+    """The in-process knobs a trial was launched with: its config's params without the driver's additions."""
+    added = {"data_dir", *(WRAPPER_KEYS if spec.module == COMMAND_MODULE else ())}
+    return {k: v for k, v in spec.config.params.items() if k not in added}
 
 
 def _command_params(space: SearchSpace, params: dict[str, Any], args: dict[str, str]) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from autotune.host import HostInfo
+from autotune.launch import knob_params
 from autotune.measure import spread_warning, summarize
 from autotune.protocol import SCHEMA_VERSION, Outcome
 from autotune.runner import TrialOutcome, TrialSpec
@@ -48,7 +49,7 @@ def trial_record(
         "reason": outcome.reason,
         "config": dict(config),
         "env": dict(spec.env),
-        "params": {k: v for k, v in spec.config.params.items() if k != "data_dir"},
+        "params": knob_params(spec),
         "cpus": list(spec.cpus) if spec.cpus is not None else None,
         "host": socket.gethostname(),
         "host_fingerprint": host.fingerprint,
