@@ -18,7 +18,7 @@ if not console.is_terminal:
 
 
 def format_figure(value: float | None, unit: str = "") -> str:
-    """A figure with its unit, large ones with an SI prefix: ``1.94 M voxels/s``, ``41.2 samples/s``; or a dash."""
+    """A figure with its unit, large ones with an SI prefix: ``1.94 M samples/s``, ``41.2 images/s``; or a dash."""
     if value is None:
         return "-"
     for scale, prefix in ((1e9, "G"), (1e6, "M"), (1e4, "k")):

@@ -11,7 +11,7 @@ A workload is whatever the user wants faster: a module that speaks the trial pro
 * **how its input is checked** before the first trial: a module's ``--check`` mode (always there), or
   a command's optional ``check`` argv (exit 0: good; anything else: bad input, its last stderr line);
 * **its objective**: ``[workload.objective]`` with ``name`` (the figure in the trial's record),
-  ``unit`` (``voxels/s``, ``samples/s``, ``s``) and ``direction`` (``maximize`` for a throughput,
+  ``unit`` (``samples/s``, ``images/s``, ``s``) and ``direction`` (``maximize`` for a throughput,
   ``minimize`` for a latency). The pruner, the confirmation stage, the report, ``verify``, ``export``
   and ``exec`` all speak it;
 * **extra figures** to show beside it, ``[workload.figures]``: name = unit;
@@ -50,8 +50,8 @@ class Objective:
     """What a trial's figure is and which way is better.
 
     Attributes:
-        name: Key of the figure in a trial's record, e.g. ``voxels_per_s``.
-        unit: Its unit as users read it, e.g. ``voxels/s``.
+        name: Key of the figure in a trial's record, e.g. ``samples_per_s``.
+        unit: Its unit as users read it, e.g. ``samples/s``.
         direction: ``maximize`` (a throughput) or ``minimize`` (a latency).
     """
 
@@ -66,7 +66,7 @@ class Objective:
 
     @property
     def label(self) -> str:
-        """The figure with its unit, e.g. ``voxels_per_s (voxels/s)``: Optuna's metric name, axis titles."""
+        """The figure with its unit, e.g. ``samples_per_s (samples/s)``: Optuna's metric name, axis titles."""
         return f"{self.name} ({self.unit})"
 
     def value(self, record: Mapping[str, Any] | None) -> float | None:

@@ -97,7 +97,7 @@ def draw(
         study: The study.
         folder: Report folder for the PNG files.
         speedups: Configuration label -> speedup over the baseline, for the bar chart.
-        target_name: The objective with its unit, for the axes (e.g. ``throughput (voxels/s)``).
+        target_name: The objective with its unit, for the axes (e.g. ``samples_per_s (samples/s)``).
         note: What the chart's error bars are, with the level they achieve
             (e.g. ``bars: 93.8% interval, 5 paired rounds``).
     """

@@ -111,7 +111,7 @@ class TrialResult:
         median_step_s: Median of ``step_seconds``.
         mad_step_s: Median absolute deviation of ``step_seconds``.
         cv: Coefficient of variation (stdev / mean) of ``step_seconds``.
-        work_per_step: Units of the objective's work done per step (voxels, samples, runs), so that a
+        work_per_step: Units of the objective's work done per step (samples, images, runs), so that a
             throughput is ``work_per_step / median_step_s`` and a latency ``median_step_s / work_per_step``.
         figures: Named figures of the trial, e.g. ``{"samples_per_s": 41.2, "latency_per_sample_s":
             0.024, "gflops_per_s": 180.5}``; the objective is one of them.

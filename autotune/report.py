@@ -473,7 +473,7 @@ def headers(summary: StudySummary) -> list[str]:
 
 
 def _column_title(name: str, unit: str) -> str:
-    """``voxels/s`` for a rate, ``latency per sample (s)`` otherwise."""
+    """``samples/s`` for a rate, ``latency per sample (s)`` otherwise."""
     if unit.endswith("/s") and unit != "s":
         return unit
     words = name.removesuffix("_s").replace("_", " ")

@@ -238,7 +238,7 @@ class SearchSpace:
 
     @property
     def metric_name(self) -> str:
-        """The objective with its unit, e.g. ``voxels_per_s (voxels/s)``: Optuna's metric name and axis label."""
+        """The objective with its unit, e.g. ``samples_per_s (samples/s)``: Optuna's metric name and axis label."""
         return self.objective.label
 
     @property

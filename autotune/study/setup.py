@@ -111,7 +111,7 @@ def _open_study(options: RunOptions, name: str, space: SearchSpace, pins: Mappin
 
 
 def name_metric(study: optuna.Study, space: SearchSpace) -> None:
-    """Name the study's objective with its unit, so dashboards say ``throughput (voxels/s)``, not ``Objective 0``."""
+    """Name the objective with its unit, so dashboards say ``samples_per_s (samples/s)``, not ``Objective 0``."""
     if study.metric_names != [space.metric_name]:
         with warnings.catch_warnings():  # experimental in Optuna 5; the name is all we want from it
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
