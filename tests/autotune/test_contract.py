@@ -112,7 +112,7 @@ def test_a_file_knob_is_checked_and_its_content_names_the_study(tmp_path, host):
 
     assert default_study_name(space, pins, host) != first
     assert not space.knobs["model"].searchable()
-    with pytest.raises(SpaceError, match="model: .*missing.keras does not exist"):
+    with pytest.raises(SpaceError, match=r"model: .*missing\.keras does not exist"):
         space.parse_assignments([f"model={tmp_path / 'missing.keras'}"])
     with pytest.raises(SpaceError, match="is not a file"):
         space.parse_assignments([f"model={tmp_path}"])
