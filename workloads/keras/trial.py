@@ -103,7 +103,7 @@ def check(params: dict[str, Any]) -> dict[str, Any]:
 
     s = settings_from(params)
     check_path(s.model)
-    _tf, keras = _import_framework(s)
+    _tf, keras = _import_framework(s, threads=False)
     model, specs, arrays = _prepare(keras, s)
     return {
         "model": s.model,
@@ -209,14 +209,16 @@ def _loss_name(loss: Any) -> str:
     return f"{getattr(loss, 'name', '')} {type(loss).__name__} {getattr(loss, '__name__', '')}".lower()
 
 
-def _import_framework(s: Settings) -> tuple[Any, Any]:
+def _import_framework(s: Settings, *, threads: bool = True) -> tuple[Any, Any]:
+    """TensorFlow and Keras, with the thread pools set before any op runs (not needed by a check)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     import keras
     import tensorflow as tf
 
-    tf.config.threading.set_intra_op_parallelism_threads(s.intra_threads)
-    tf.config.threading.set_inter_op_parallelism_threads(s.inter_threads)
+    if threads:
+        tf.config.threading.set_intra_op_parallelism_threads(s.intra_threads)
+        tf.config.threading.set_inter_op_parallelism_threads(s.inter_threads)
     return tf, keras
 
 
