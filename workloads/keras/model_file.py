@@ -12,6 +12,8 @@ from its config with the policy, and the float32 weights copied over.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -74,9 +76,8 @@ def load(keras: Any, path: str, *, compile: bool) -> Any:
 
 def input_specs(keras: Any, model: Any) -> list[InputSpec]:
     """Every input of ``model`` in the order it takes them, with the Embedding bound of integer inputs."""
-    structure = model.input
-    if isinstance(structure, dict):
-        named = list(structure.items())
+    if isinstance(input_structure(model), dict):
+        named = list(model.input.items())
     else:
         named = [(tensor.name, tensor) for tensor in model.inputs]
     bounds = _embedding_bounds(keras, model)
@@ -86,6 +87,14 @@ def input_specs(keras: Any, model: Any) -> list[InputSpec]:
         specs.append(InputSpec(name=str(name), shape=tuple(tensor.shape[1:]), dtype=dtype,
                                high=bounds.get(id(tensor))))
     return specs
+
+
+def input_structure(model: Any) -> Any:
+    """How ``model`` takes its inputs (a tensor, a list or a dict); None for a Sequential model (one input)."""
+    try:
+        return model.input
+    except (AttributeError, ValueError):  # a Sequential model is never "called" on its Input
+        return None
 
 
 def _embedding_bounds(keras: Any, model: Any) -> dict[int, int]:
@@ -124,6 +133,30 @@ def with_policy(keras: Any, model: Any, policy: str) -> Any:
         raise BadInput(f"precision={policy}: the model cannot be rebuilt layer by layer with that policy "
                        f"({type(exc).__name__}: {text}); use precision=float32") from None
     return clone
+
+
+def cached_forward_flops(tf: Any, model: Any, arrays: list[Any], path: str, cache_dir: Path) -> float | None:
+    """:func:`forward_flops`, remembered in ``cache_dir`` by the file's content and the input shapes.
+
+    Counting traces the whole model again (seconds for a MobileNet on two cores), and the count does not
+    depend on threads, environment or allocator, so a study counts once per batch size.
+    """
+    from autotune.files import atomic_write
+
+    digest = hashlib.sha256(Path(path).read_bytes())
+    digest.update(json.dumps([[list(a.shape), str(a.dtype)] for a in arrays]).encode())
+    entry = cache_dir / "keras-flops" / f"{digest.hexdigest()}.json"
+    try:
+        return json.loads(entry.read_text())["flops"]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    flops = forward_flops(tf, model, arrays)
+    try:
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(entry, json.dumps({"flops": flops}))
+    except OSError:
+        pass
+    return flops
 
 
 def forward_flops(tf: Any, model: Any, arrays: list[Any]) -> float | None:

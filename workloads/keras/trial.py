@@ -116,16 +116,18 @@ def check(params: dict[str, Any]) -> dict[str, Any]:
 
 def run(params: dict[str, Any], reporter: Reporter) -> TrialResult:
     """Run one trial of the user's model with ``params`` and return its result record."""
-    from workloads.keras.model_file import check_path, forward_flops
+    from autotune.calibrate import cache_dir
+    from workloads.keras.model_file import cached_forward_flops, check_path
 
     s = settings_from(params)
     check_path(s.model)
     tf, keras = _import_framework(s)
     model, specs, arrays = _prepare(keras, s)
+    float_model = model
     if s.precision != "float32":
         from workloads.keras.model_file import with_policy
 
-        float_model, model = model, with_policy(keras, model, s.precision)
+        model = with_policy(keras, float_model, s.precision)
         if s.mode == "train":
             model.compile(optimizer=keras.optimizers.deserialize(keras.optimizers.serialize(float_model.optimizer)),
                           loss=float_model.loss)
@@ -139,7 +141,8 @@ def run(params: dict[str, Any], reporter: Reporter) -> TrialResult:
         else:
             model.predict_on_batch(x)
 
-    flops = forward_flops(tf, model, arrays)
+    # Counted on the float32 model: the FLOPs of the computation, whatever precision carries it out.
+    flops = cached_forward_flops(tf, float_model, arrays, s.model, cache_dir())
     if flops and s.mode == "train":
         flops *= TRAIN_FLOPS_FACTOR
     warmup_times, step_times = reporter.time_steps(
@@ -176,8 +179,11 @@ def _prepare(keras: Any, s: Settings) -> tuple[Any, list[InputSpec], list[Any]]:
 
 def _pack(model: Any, tensors: list[Any]) -> Any:
     """Tensors in the structure the model takes: one tensor, a dict by input name, or a list."""
-    if isinstance(model.input, dict):
-        return dict(zip(model.input, tensors, strict=True))
+    from workloads.keras.model_file import input_structure
+
+    structure = input_structure(model)
+    if isinstance(structure, dict):
+        return dict(zip(structure, tensors, strict=True))
     return tensors[0] if len(tensors) == 1 else tensors
 
 
