@@ -239,8 +239,7 @@ def test_end_to_end_run_reports_samples_per_second(models, tmp_path, name, mode,
     baseline = ok[0].user_attrs
     assert baseline["config"]["batch"] == 1 and baseline["config"]["mode"] == mode
     seen = baseline["effective"]["inputs"]
-    assert list(seen.values()) == list(inputs.values())
-    assert all(want is None or want == got for want, got in zip(inputs, seen, strict=True))
+    assert (list(seen.values()) if None in inputs else seen) == (list(inputs.values()) if None in inputs else inputs)
     assert baseline["gflops_per_s"] > 0
     assert "samples/s" in done.stdout
     gap = next((g for g in KNOWN_DRIVER_GAPS if g in done.stderr), None)
