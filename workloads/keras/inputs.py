@@ -98,6 +98,8 @@ def read_file(path: Path, specs: list[InputSpec]) -> list[np.ndarray]:
     path = Path(path)
     if not path.is_file():
         raise BadInput(f"{path}: inputs file not found" if not path.exists() else f"{path}: not a file")
+    if path.suffix not in (".npy", ".npz"):
+        raise BadInput(f"{path}: not a .npy or .npz inputs file (save arrays with np.save or np.savez)")
     try:
         loaded = np.load(path, allow_pickle=False)
         if isinstance(loaded, np.ndarray):

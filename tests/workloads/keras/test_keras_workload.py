@@ -115,7 +115,9 @@ def test_inputs_file_with_pickles_or_garbage_is_bad_input(tmp_path):
     np.save(pickled, np.array([{"x": 1}], dtype=object), allow_pickle=True)
     garbage = tmp_path / "garbage.npz"
     garbage.write_bytes(b"PK\x03\x04 not really")
-    for path in (pickled, garbage, tmp_path / "missing.npy"):
+    text = tmp_path / "inputs.txt"
+    text.write_text("1 2\n")
+    for path in (pickled, garbage, text, tmp_path / "missing.npy"):
         with pytest.raises(BadInput) as caught:
             read_file(path, specs)
         assert str(path) in str(caught.value) and "\n" not in str(caught.value)
