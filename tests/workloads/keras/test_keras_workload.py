@@ -248,3 +248,19 @@ def test_end_to_end_run_reports_samples_per_second(models, tmp_path, name, mode,
     if gap:
         pytest.xfail(f"confirmation/report after the trials: {gap} (autotune/confirm.py, being replaced)")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+
+def test_search_space_declares_the_contract_and_references(host):
+    from autotune.space import HostFacts, load_space
+
+    facts = HostFacts.of(host)
+    space = load_space(REPO / "search_spaces" / "keras.toml", facts)
+    assert (space.workload, space.module) == ("keras", "workloads.keras")
+    assert space.metric_name == "samples_per_s (samples/s)" and space.objective.maximize
+    assert space.knobs["model"].type == "file" and not space.knobs["model"].searchable()
+    assert space.knobs["batch"].searchable() and space.knobs["onednn"].env == "TF_ENABLE_ONEDNN_OPTS"
+    assert ("mixed_bfloat16" in space.knobs["precision"].choices) == bool(facts.isa.get("avx512_bf16"))
+    baseline, vendor = space.reference("baseline", {}), space.reference("vendor_recommended", {})
+    assert baseline["onednn"] is True and baseline["batch"] == 1 and baseline["affinity"] == "none"
+    assert vendor["intra_threads"] == facts.counts["physical_cores_per_socket"]
+    assert vendor["inter_threads"] == facts.counts["sockets"] and vendor["affinity"] == "socket"
