@@ -206,7 +206,7 @@ CASES = [
     case("space_not_text", (*RUN, "--space", "{tmp}/space.toml"), "cannot read",
          setup=raw("space.toml", b"\xff\xfe\x00\x01 binary")),
     case("space_no_workload_table", (*RUN, "--space", "{tmp}/space.toml"), "[workload]: missing table",
-         setup=space('[workload]\nname = "fake"\nmodule = "workloads.fake"\n'
+         setup=space('[workload]\nname = "fake"\nmodule = "workloads.fake"\nlabel = ["mode"]\n'
                      'objective = { name = "voxels_per_s", unit = "voxels/s", direction = "maximize" }\n', "")),
     case("space_module_shell_syntax", (*RUN, "--space", "{tmp}/space.toml"),
          "workload.module: 'workloads.fake; rm -rf ~' is not a dotted Python module name",
