@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -207,12 +208,6 @@ def test_bfloat16_clone_computes_in_bfloat16_with_the_same_weights(models):
     assert not np.array_equal(want, got) and np.allclose(want, got, atol=0.1)
 
 
-# What `autotune run` prints once the sampled trials are done (confirmation, report) is code another
-# engineer is making workload-neutral; until then it may fail on a unet3d-only figure. The trials are
-# checked strictly first; only such a known failure after them is an expected failure.
-KNOWN_DRIVER_GAPS = ("'TrialResult' object has no attribute 'voxels_per_s'",)
-
-
 @pytest.mark.tf
 @pytest.mark.parametrize(
     ("name", "mode", "inputs"),
@@ -244,10 +239,11 @@ def test_end_to_end_run_reports_samples_per_second(models, tmp_path, name, mode,
     assert (list(seen.values()) if None in inputs else seen) == (list(inputs.values()) if None in inputs else inputs)
     assert baseline["gflops_per_s"] > 0
     assert "samples/s" in done.stdout
-    gap = next((g for g in KNOWN_DRIVER_GAPS if g in done.stderr), None)
-    if gap:
-        pytest.xfail(f"confirmation/report after the trials: {gap} (autotune/confirm.py, being replaced)")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    best = json.loads((tmp_path / "report" / "best.json").read_text())
+    speedup = best["speedup"]["vs_baseline"]
+    assert speedup["scope"] == "paired rounds" and speedup["value"] > 0
+    assert best["figures"]["best"]["samples_per_s"] > 0
 
 
 def test_search_space_declares_the_contract_and_references(host):
