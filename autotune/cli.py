@@ -240,24 +240,22 @@ def _scrub(message: str, storage: str | None) -> str:
     return message
 
 
-def _positive_int(text: str) -> int:
+def _integer(text: str, lowest: int, what: str) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
+    if value < lowest:
+        raise argparse.ArgumentTypeError(f"{text} {what}")
     return value
+
+
+def _positive_int(text: str) -> int:
+    return _integer(text, 1, "is not a positive integer")
 
 
 def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text} is negative")
-    return value
+    return _integer(text, 0, "is negative")
 
 
 def _positive_float(text: str) -> float:

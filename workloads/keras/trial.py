@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from autotune.protocol import TrialResult
-from workloads.harness import BadInput, Reporter, build_result, observed_environment
+from workloads.harness import BadInput, Reporter, build_result
 from workloads.keras.inputs import InputSpec, fit_batch, read_file, synthetic
+from workloads.tensorflow_runtime import observed_tensorflow
 
 DEFAULTS: dict[str, Any] = {
     "model": "",
@@ -231,31 +232,12 @@ def _import_framework(s: Settings, *, threads: bool = True) -> tuple[Any, Any]:
 def _effective(
     tf: Any, keras: Any, s: Settings, model: Any, specs: list[InputSpec], arrays: list[Any]
 ) -> dict[str, Any]:
-    observed = observed_environment()
     layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
     return {
-        **observed,
+        **observed_tensorflow(tf, keras),
         "precision_policy": s.precision,
         "compute_dtype": layers[0].compute_dtype if layers else None,
         "xla": bool(model.jit_compile),
-        "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
-        "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
-        "onednn_enabled": _onednn_enabled(),
-        "thread_pool": (
-            "OpenMP" if observed["loaded_runtimes"]["openmp"] else "TensorFlow (Eigen); KMP_*/OMP_* have no effect"
-        ),
         "inputs": {spec.name: f"{tuple(a.shape)} {spec.dtype}" for spec, a in zip(specs, arrays, strict=True)},
         "parameters": int(model.count_params()),
-        "tensorflow": tf.__version__,
-        "keras": keras.__version__,
     }
-
-
-def _onednn_enabled() -> bool | None:
-    """Whether TensorFlow runs oneDNN kernels here (the build supports it and the env allows it)."""
-    try:
-        from tensorflow.python.util import _pywrap_util_port
-    except ImportError:
-        return None
-    built = bool(_pywrap_util_port.IsMklEnabled())
-    return built and os.environ.get("TF_ENABLE_ONEDNN_OPTS", "1") not in ("0", "false", "False")

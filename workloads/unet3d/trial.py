@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from autotune.protocol import TrialResult
-from workloads.harness import BadInput, Reporter, build_result, observed_environment
+from workloads.harness import BadInput, Reporter, build_result
+from workloads.tensorflow_runtime import observed_tensorflow
 
 DEFAULTS: dict[str, Any] = {
     "mode": "infer",
@@ -243,29 +244,10 @@ def _import_framework(s: Settings) -> tuple[Any, Any]:
 
 
 def _effective(tf: Any, keras: Any, s: Settings, model: Any) -> dict[str, Any]:
-    observed = observed_environment()
     return {
-        **observed,
+        **observed_tensorflow(tf, keras),
         "layout": s.layout,
         "precision_policy": keras.mixed_precision.global_policy().name,
         "xla": s.xla,
-        "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
-        "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
-        "onednn_enabled": _onednn_enabled(),
-        "thread_pool": (
-            "OpenMP" if observed["loaded_runtimes"]["openmp"] else "TensorFlow (Eigen); KMP_*/OMP_* have no effect"
-        ),
         "parameters": int(model.count_params()),
-        "tensorflow": tf.__version__,
-        "keras": keras.__version__,
     }
-
-
-def _onednn_enabled() -> bool | None:
-    """Whether TensorFlow runs oneDNN kernels here (the build supports it and the env allows it)."""
-    try:
-        from tensorflow.python.util import _pywrap_util_port
-    except ImportError:
-        return None
-    built = bool(_pywrap_util_port.IsMklEnabled())
-    return built and os.environ.get("TF_ENABLE_ONEDNN_OPTS", "1") not in ("0", "false", "False")
