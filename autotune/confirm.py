@@ -32,6 +32,7 @@ runs.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import statistics
 from collections.abc import Callable, Mapping
@@ -83,12 +84,14 @@ class Candidate:
         timed_steps: Timed steps of a confirmation run (see :data:`CONFIRM_TIMED_SECONDS`), sent as the
             driver's order :attr:`autotune.protocol.TrialConfig.timed_steps`; None runs it as its
             search trial ran.
+        finalist: Whether the winner is chosen among it (the references are measured either way).
     """
 
     label: str
     trial: int
     config: Mapping[str, Any]
     timed_steps: int | None = None
+    finalist: bool = False
 
 
 @dataclass(frozen=True)
@@ -170,29 +173,40 @@ class Confirmation:
 
 
 def candidates_of(study: optuna.Study, space: SearchSpace, top: int) -> list[Candidate]:
-    """The best ``top`` distinct completed configurations, then the vendor config and the baseline."""
+    """The finalists, then the references that are not among them.
+
+    The finalists are the best ``top`` distinct completed configurations of the whole study, the
+    vendor-recommended one included: where it beats every search trial (a small host, a model the
+    vendor's rule suits), it is the winner to confirm, not a reference the "best" falls short of. A
+    search trial that found a reference's configuration again counts as that reference.
+    """
     trials = [
         t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
         if "repeat_of" not in t.user_attrs and t.user_attrs.get("config")
     ]
-    chosen: list[Candidate] = []
-    keys = set()
+    references: dict[tuple, tuple[str, optuna.trial.FrozenTrial]] = {}
     for role in REFERENCE_LABELS:
         for trial in trials:
             if trial.user_attrs.get("role") == role:
-                keys.add(space.fingerprint_config(space.configure(trial.user_attrs["config"])))
-                chosen.append(_candidate(role, trial))
+                references[space.fingerprint_config(space.configure(trial.user_attrs["config"]))] = (role, trial)
                 break
-    ranked = []
+    finalists: list[Candidate] = []
+    seen = set()
     for trial in sorted(trials, key=lambda t: t.value, reverse=space.objective.maximize):
         key = space.fingerprint_config(space.configure(trial.user_attrs["config"]))
-        if key in keys:
+        if key in seen:
             continue
-        keys.add(key)
-        ranked.append(_candidate(f"trial {trial.number}", trial))
-        if len(ranked) == top:
+        seen.add(key)
+        label, source = references.get(key, (f"trial {trial.number}", trial))
+        if label == "baseline":
+            continue  # the reference every speedup is over
+        finalists.append(dataclasses.replace(_candidate(label, source), finalist=True))
+        if len(finalists) == top:
             break
-    return ranked + chosen
+    chosen = {c.label for c in finalists}
+    rest = [_candidate(role, trial) for role, trial in references.values() if role not in chosen]
+    order = {role: n for n, role in enumerate(REFERENCE_LABELS)}
+    return finalists + sorted(rest, key=lambda c: order[c.label])
 
 
 def _candidate(label: str, trial: optuna.trial.FrozenTrial) -> Candidate:
@@ -215,7 +229,11 @@ def timed_steps(record: Mapping[str, Any]) -> int | None:
 
 
 def finalists_of(candidates: list[Candidate]) -> list[Candidate]:
-    """The candidates the winner is chosen from: the search's, or the references when it has none."""
+    """The candidates the winner is chosen from (confirmations stored before finalists were marked: the
+    search's candidates, or the references when it had none)."""
+    marked = [c for c in candidates if c.finalist]
+    if marked:
+        return marked
     found = [c for c in candidates if c.label not in REFERENCE_LABELS]
     return found or [c for c in candidates if c.label in REFERENCE_LABELS]
 

@@ -335,3 +335,19 @@ def test_a_latency_objective_is_confirmed_the_other_way_round():
     assert judge(decide(candidates, rounds, "a", BY_SEARCH, latency),
                  decide(candidates, runs([{"a": 1.0, "baseline": 2.0}] * 3), "a", BY_SEARCH, latency), latency
                  ).holds is False
+
+
+def test_the_vendor_configuration_can_be_the_winner(space, host):
+    study = optuna.create_study(direction="maximize")
+    add(study, space.reference("baseline"), 1000.0, role="baseline")
+    add(study, space.reference("vendor_recommended"), 300_000.0, role="vendor_recommended")
+    add(study, space.configure({"slowdown": 1.5}), 200_000.0)  # the search found nothing better
+
+    candidates = candidates_of(study, space, top=2)
+
+    assert [(c.label, c.finalist) for c in candidates] == [
+        ("vendor_recommended", True), ("trial 2", True), ("baseline", False)]
+    result = confirm(study, candidates, make_spec(space, host), repeats=1, select_rounds=1)
+    assert result.winner == "vendor_recommended"
+    assert [r.label for r in result.runs if r.stage == "estimate"] == ["vendor_recommended", "baseline"]
+    assert result.speedups["vs_vendor"] is None and result.speedups["vs_baseline"]["value"] > 1
