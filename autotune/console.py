@@ -21,8 +21,8 @@ def format_figure(value: float | None, unit: str = "") -> str:
     """A figure with its unit, large ones with an SI prefix: ``1.94 M samples/s``, ``41.2 images/s``; or a dash."""
     if value is None:
         return "-"
-    for scale, prefix in ((1e9, "G"), (1e6, "M"), (1e4, "k")):
-        if abs(value) >= scale:
+    for threshold, scale, prefix in ((1e9, 1e9, "G"), (1e6, 1e6, "M"), (1e4, 1e3, "k")):
+        if abs(value) >= threshold:
             return f"{value / scale:,.2f} {prefix} {unit}".rstrip()
     text = f"{value:.3g}" if abs(value) < 100 else f"{value:,.0f}"
     return f"{text} {unit}".rstrip()

@@ -164,3 +164,13 @@ def test_top_level_help_is_written_for_users(tmp_path: Path) -> None:
     assert "one small function per subcommand" not in done.stdout
     assert "autotune run --workload unet3d" in done.stdout
     assert "reports/<study>/report.html" in done.stdout and "autotune.db" in done.stdout
+
+
+@pytest.mark.parametrize(("value", "unit", "text"), [
+    (1.94e6, "voxels/s", "1.94 M voxels/s"), (82_327.0, "voxels/s", "82.33 k voxels/s"),
+    (41.2, "samples/s", "41.2 samples/s"), (0.0243, "s", "0.0243 s"), (None, "s", "-"), (2.5e9, "", "2.50 G"),
+])
+def test_figures_are_shown_with_their_unit(value, unit, text) -> None:
+    from autotune.console import format_figure
+
+    assert format_figure(value, unit) == text
