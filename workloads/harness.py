@@ -84,27 +84,43 @@ class Reporter:
             steps, trial_seconds = self.timed_steps, 0.0
         self.setup_seconds = time.perf_counter() - PROCESS_START
         self.emit("setup", seconds=self.setup_seconds, work_per_step=work_per_step, warmup=warmup, steps=steps)
-        warmups = [self._timed(step, index, index, True) for index in range(warmup)]
+        warmups = [self._timed(step, index, index, True)[0] for index in range(warmup)]
         if before_timed is not None:
             before_timed()
         timed: list[float] = []
         planned = steps
+        if trial_seconds > 0 and warmups:
+            planned = self._plan(warmups[-1], steps, trial_seconds)
+        elif trial_seconds <= 0:
+            self.emit("plan", steps=planned)
         while len(timed) < planned:
-            timed.append(self._timed(step, warmup + len(timed), len(timed), False))
-            if trial_seconds > 0 and len(timed) == 1:
-                estimate = warmups[-1] if warmups else timed[0]
-                wanted = math.ceil(trial_seconds / max(estimate, 1e-9))
-                planned = max(min(MIN_CALIBRATED_STEPS, steps), min(steps, wanted))
-                self.emit("plan", steps=planned)
+            elapsed, figure = self._timed(step, warmup + len(timed), len(timed), False, emit=False)
+            if trial_seconds > 0 and not warmups and not timed:
+                planned = self._plan(elapsed, steps, trial_seconds)
+            # The plan goes out before the step that may get the trial pruned, so the driver knows it.
+            self._emit_step(len(timed), elapsed, False, figure)
+            timed.append(elapsed)
         return warmups, timed
 
-    def _timed(self, step: Callable[[int], float | None], index: int, reported: int, warmup: bool) -> float:
+    def _plan(self, estimate: float, steps: int, trial_seconds: float) -> int:
+        wanted = math.ceil(trial_seconds / max(estimate, 1e-9))
+        planned = max(min(MIN_CALIBRATED_STEPS, steps), min(steps, wanted))
+        self.emit("plan", steps=planned)
+        return planned
+
+    def _timed(
+        self, step: Callable[[int], float | None], index: int, reported: int, warmup: bool, *, emit: bool = True
+    ) -> tuple[float, float | None]:
         start = time.perf_counter()
         figure = step(index)
         elapsed = time.perf_counter() - start
+        if emit:
+            self._emit_step(reported, elapsed, warmup, figure)
+        return elapsed, figure
+
+    def _emit_step(self, reported: int, elapsed: float, warmup: bool, figure: float | None) -> None:
         extra = {} if figure is None else {"figure": float(figure)}
         self.emit("step", index=reported, seconds=elapsed, warmup=warmup, **extra)
-        return elapsed
 
 
 def peak_rss_mb() -> float:

@@ -316,3 +316,13 @@ def test_record_of_a_failed_trial_keeps_reason_and_stderr(make_spec, fake_space,
     assert record["host_fingerprint"] == host.fingerprint
     assert "voxels_per_s" not in record and record["figure_names"] == []
     assert set(FIGURES) <= set(record)
+
+
+@pytest.mark.parametrize(("warmup", "planned"), [(1, 4), (0, 4)])
+def test_the_plan_reaches_the_driver_before_a_trial_is_pruned(make_spec, warmup, planned):
+    spec = make_spec(steps=50, warmup=warmup, trial_seconds=0.2, step_seconds=0.05)
+
+    outcome = TrialRunner().run(spec, on_step=lambda steps, progress: True)
+
+    assert outcome.outcome is Outcome.PRUNED and len(outcome.step_seconds) == 1
+    assert planned - 1 <= outcome.planned_steps <= planned + 1  # about 0.2 s of 0.05 s steps, not the 50 allowed
