@@ -242,6 +242,8 @@ CASES = [
     case("storage_postgres_unreachable", (*RUN, "--storage", PG_DOWN),
          "cannot open storage postgresql://tuner:***@127.0.0.1:1/autotune:", absent=(SECRET,)),
     case("storage_sqlite_folder_missing", (*REPORT, "--storage", "sqlite:////nonexistent/dir/x.db"),
+         "no study storage at /nonexistent/dir/x.db: run `autotune run` first, or give --storage"),
+    case("storage_sqlite_folder_missing_for_run", (*RUN, "--storage", "sqlite:////nonexistent/dir/x.db"),
          "cannot open storage sqlite:////nonexistent/dir/x.db: (sqlite3.OperationalError) unable to open"),
     case("storage_without_scheme", (*REPORT, "--storage", f"tuner:{SECRET}@db.example/autotune"),
          "cannot open storage tuner:***@db.example/autotune: Could not parse", absent=(SECRET,)),

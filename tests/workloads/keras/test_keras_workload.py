@@ -222,16 +222,19 @@ def test_end_to_end_run_reports_samples_per_second(models, tmp_path, name, mode,
     import optuna
 
     storage = f"sqlite:///{tmp_path}/study.db"
+    # The keras.applications model runs the whole flow to a confirmed speedup; the sequence model (the
+    # suite's time budget) its trials only: references and one search trial.
+    confirm = ("--confirm-repeats", "1") if name == "mobilenet" else ("--confirm-repeats", "0")
     done = autotune("run", "--workload", "keras", "--set", f"model={models[name]}", "--set", f"mode={mode}",
-                    "--trials", "4",
-                    "--confirm-repeats", "1", "--no-profile", "--set", "steps=3", "--set", "trial_seconds=0",
+                    "--trials", "3", "--confirm-top", "1", *confirm,
+                    "--no-profile", "--set", "steps=2", "--set", "warmup=1", "--set", "trial_seconds=0",
                     "--storage", storage, "--report-dir", str(tmp_path / "report"), timeout=600)
     (summary,) = optuna.get_all_study_summaries(storage)
     assert summary.study_name.startswith(f"keras-{mode}-")
     study = optuna.load_study(study_name=summary.study_name, storage=storage)
     assert study.metric_names == ["samples_per_s (samples/s)"]
     ok = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    assert len(ok) == 4, [t.user_attrs.get("reason") for t in study.trials]
+    assert len(ok) == 3, [t.user_attrs.get("reason") for t in study.trials]
     assert all(t.value > 0 for t in ok)
     baseline = ok[0].user_attrs
     assert baseline["config"]["batch"] == 1 and baseline["config"]["mode"] == mode
@@ -242,7 +245,8 @@ def test_end_to_end_run_reports_samples_per_second(models, tmp_path, name, mode,
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     best = json.loads((tmp_path / "report" / "best.json").read_text())
     speedup = best["speedup"]["vs_baseline"]
-    assert speedup["scope"] == "paired rounds" and speedup["value"] > 0
+    assert speedup["scope"] == ("paired rounds" if name == "mobilenet" else "within one process each")
+    assert speedup["value"] > 0
     assert best["figures"]["best"]["samples_per_s"] > 0
 
 

@@ -47,8 +47,9 @@ def test_real_bench_reports_honest_figures(cache, sets, layout):
     steps = sorted(record["step_seconds"])
     assert record["median_step_s"] == pytest.approx(steps[1])
     batch = record["config"]["batch"]
-    assert record["voxels_per_step"] == batch * 16**3
-    assert record["voxels_per_s"] == pytest.approx(record["voxels_per_step"] / record["median_step_s"])
+    assert record["work_per_step"] == batch * 16**3
+    assert record["voxels_per_s"] == pytest.approx(record["work_per_step"] / record["median_step_s"])
+    assert record["latency_per_sample_s"] == pytest.approx(record["median_step_s"] / batch)
     assert record["gflops_per_s"] == pytest.approx(record["flops_per_step"] / record["median_step_s"] / 1e9)
     assert record["peak_rss_mb"] > 100
     expected_onednn = "onednn=true" in sets
