@@ -32,7 +32,7 @@ def seed_calibration(cache) -> None:
 
 @pytest.mark.tf
 def test_real_run_writes_best_json_and_report(tmp_path):
-    command = [sys.executable, "-m", "autotune", "run", "--workload", "unet3d", "--trials", "3",
+    command = [sys.executable, "-m", "autotune", "run", "--workload", "unet3d", "--trials", "2",
                "--confirm-top", "1", "--confirm-repeats", "1", "--study", "tiny",
                "--storage", f"sqlite:///{tmp_path / 'a.db'}", "--report-dir", str(tmp_path / "report")]
     for item in TINY:
@@ -53,5 +53,5 @@ def test_real_run_writes_best_json_and_report(tmp_path):
     assert "Op-time breakdown" in (tmp_path / "report" / "report.md").read_text()
     study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path / 'a.db'}")
     roles = [t.user_attrs.get("role") for t in study.trials]
-    assert roles[:2] == ["baseline", "vendor_recommended"] and len(roles) == 3
+    assert roles == ["baseline", "vendor_recommended"]
     assert "baseline" in done.stdout and "best" in done.stdout
