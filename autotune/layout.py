@@ -143,11 +143,12 @@ def throughput_rule(host: HostInfo) -> tuple[int, int]:
 
 
 def mlperf_rule(host: HostInfo) -> tuple[int, int]:
-    """``(instances, cores_per_instance)`` of the MLPerf-style rule: 4 cores per instance, as many as fit,
-    at least one instance (of all the cores, on a host with fewer than 4)."""
-    cores = sum(len(c) for _, c in _node_cores(host))
-    per = min(MLPERF_CORES_PER_INSTANCE, cores)
-    return max(1, cores // per), per
+    """``(instances, cores_per_instance)`` of the MLPerf-style rule: 4 cores per instance, as many as fit
+    without splitting one across NUMA nodes, at least one instance (of all the cores, on a host with fewer
+    than 4 in its largest node)."""
+    groups = _node_cores(host)
+    per = min(MLPERF_CORES_PER_INSTANCE, max(len(c) for _, c in groups))
+    return max(1, sum(len(c) // per for _, c in groups)), per
 
 
 def membind_prefix(slot: Slot) -> list[str]:

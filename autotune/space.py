@@ -29,10 +29,17 @@ if TYPE_CHECKING:
 KNOB_TYPES = ("int", "float", "bool", "categorical", "shape", "file")
 # Where a knob acts. param: in-process, in the trial's JSON config; env: an environment variable; arg: a
 # {knob} placeholder of a command workload's argv; allocator: the library preloaded (LD_PRELOAD);
-# affinity: CPU pinning (none, cores, socket); cores: how many physical cores affinity=cores pins to.
-TARGETS = ("param", "env", "arg", "allocator", "affinity", "cores")
+# affinity: CPU pinning (none, cores, socket); cores: how many physical cores affinity=cores pins to;
+# instances: how many copies of the job a trial runs on disjoint cores (autotune.layout); instance_cores:
+# the physical cores of each copy when there are several.
+TARGETS = ("param", "env", "arg", "allocator", "affinity", "cores", "instances", "instance_cores")
+# Targets that at most one knob of a space may have: the driver applies them itself.
+DRIVER_TARGETS = ("allocator", "affinity", "cores", "instances", "instance_cores")
 HOST_FACTS = ("physical_cores", "physical_cores_per_socket", "logical_cpus", "sockets")
 REFERENCES = ("baseline", "vendor_recommended")
+# The launchers' rules, resolved for the host (autotune.layout): the vendor configuration with the rule's
+# instance layout, each thread knob at most the cores of one instance. Only in spaces with an instances knob.
+RULES = ("throughput_rule", "mlperf_rule")
 UNSET = "default"
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
@@ -50,11 +57,13 @@ class HostFacts:
         counts: Values for the symbolic bounds in :data:`HOST_FACTS`.
         isa: CPU flags, e.g. ``{"avx512_bf16": True}``.
         allocators: Names of the allocators that can be preloaded on this host.
+        rules: Each of :data:`RULES` -> its ``(instances, cores_per_instance)`` on this host.
     """
 
     counts: Mapping[str, int]
     isa: Mapping[str, bool] = field(default_factory=dict)
     allocators: frozenset[str] = frozenset()
+    rules: Mapping[str, tuple[int, int]] = field(default_factory=dict)
 
     @classmethod
     def of(cls, host: Any) -> HostFacts:
@@ -63,8 +72,11 @@ class HostFacts:
         Counting every fact over the usable CPUs keeps them consistent: under a restricted affinity
         (a container's cpuset) the whole machine's cores per socket can exceed the usable CPUs.
         """
+        from autotune.layout import mlperf_rule, throughput_rule
+
         cores = {host.core_of_cpu[cpu] for cpu in host.usable_cpus if cpu in host.core_of_cpu}
         sockets = len({socket for socket, _ in cores})
+        rules = {"throughput_rule": throughput_rule(host), "mlperf_rule": mlperf_rule(host)} if cores else {}
         return cls(
             counts={
                 "physical_cores": len(cores) or host.physical_cores,
@@ -76,6 +88,7 @@ class HostFacts:
             },
             isa=dict(host.isa),
             allocators=frozenset(host.allocators),
+            rules=rules,
         )
 
 
@@ -97,6 +110,7 @@ class Knob:
         env_values: Value (as lower-case text) to environment text; ``"default"`` unsets it.
         when: Other knobs' values for which this knob is active.
         dropped: Choices removed because the host lacks what they need, with the reason.
+        threads: A thread count (int): with several instances, at most the cores of one instance.
         help: One-line description.
     """
 
@@ -113,6 +127,7 @@ class Knob:
     env_values: Mapping[str, str] = field(default_factory=dict)
     when: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
     dropped: Mapping[str, str] = field(default_factory=dict)
+    threads: bool = False
     help: str = ""
 
     def parse(self, text: str) -> Any:
@@ -221,6 +236,7 @@ class SearchSpace:
         references: ``baseline`` and ``vendor_recommended`` partial configs, host facts resolved.
         path: The file it was read from.
         contract: The workload's declared contract (how it starts, its objective, its figures).
+        facts: The host facts it was resolved with (instance layouts are bounded by them).
     """
 
     workload: str
@@ -229,6 +245,7 @@ class SearchSpace:
     references: Mapping[str, Mapping[str, Any]]
     path: Path | None = None
     contract: Contract | None = None
+    facts: HostFacts | None = None
 
     @property
     def objective(self) -> Objective:
@@ -248,7 +265,7 @@ class SearchSpace:
         return {**self.contract.figures, self.objective.name: self.objective.unit}
 
     def target_knob(self, target: str) -> str | None:
-        """The knob acting as ``target`` (``allocator``, ``affinity``, ``cores``), or None."""
+        """The knob acting as ``target`` (one of :data:`DRIVER_TARGETS`), or None."""
         return next((name for name, knob in self.knobs.items() if knob.target == target), None)
 
     def with_command(self, command: Iterable[str]) -> SearchSpace:
@@ -278,7 +295,37 @@ class SearchSpace:
         for source in (base or {}, values):
             for name, value in source.items():
                 config[name] = self.knob(name).validate(value)
+        self._check_instances(config)
         return config
+
+    def instances(self, config: Mapping[str, Any]) -> tuple[int, int | None]:
+        """``(instances, cores per instance)`` of a configuration: ``(1, None)`` for one instance."""
+        count, per = self.target_knob("instances"), self.target_knob("instance_cores")
+        n = int(config.get(count, 1)) if count else 1
+        if n <= 1:
+            return 1, None
+        return n, int(config[per]) if per else max(1, self._physical_cores() // n)
+
+    def roles(self) -> tuple[str, ...]:
+        """The reference configurations measured in every study: the baseline, the vendor's, and the
+        launchers' rules where the space has an instances knob."""
+        return REFERENCES + (RULES if self.target_knob("instances") and self.facts and self.facts.rules else ())
+
+    def _physical_cores(self) -> int:
+        return int(self.facts.counts["physical_cores"]) if self.facts else 1
+
+    def _check_instances(self, config: Mapping[str, Any]) -> None:
+        """Several instances: they fit in the host's cores, and no thread knob exceeds one instance's cores."""
+        n, per = self.instances(config)
+        if per is None:
+            return
+        cores = self._physical_cores()
+        if n * per > cores:
+            raise SpaceError(f"instances: {n} x {per} cores needs {n * per} physical cores; this host has {cores}")
+        for name, knob in self.knobs.items():
+            if knob.threads and knob.active(config) and int(config[name]) > per:
+                raise SpaceError(f"{name}: {config[name]} threads in an instance of {per} core{'s' * (per != 1)} "
+                                 f"({n} instances); at most {per}, or 0 for the default")
 
     def knob(self, name: str) -> Knob:
         """The knob called ``name``.
@@ -311,8 +358,35 @@ class SearchSpace:
         return values
 
     def reference(self, name: str, pins: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        """The ``baseline`` or ``vendor_recommended`` config, with ``pins`` applied on top."""
-        return self.configure(pins or {}, base=self.references[name])
+        """A reference config (one of :meth:`roles`), with ``pins`` applied on top.
+
+        A rule is the vendor configuration with the rule's layout. Thread knobs that the reference (not a
+        pin) sets above the cores of one instance are lowered to them: the rule's "threads = cores per
+        instance", and a vendor value meant for one process when several instances are pinned.
+        """
+        pins = pins or {}
+        base = dict(self.references["vendor_recommended" if name in RULES else name])
+        if name in RULES:
+            assert self.facts is not None
+            n, per = self.facts.rules[name]
+            base[self.target_knob("instances")] = n
+            if n > 1 and self.target_knob("instance_cores"):
+                base[self.target_knob("instance_cores")] = per
+            elif n == 1 and per < self._physical_cores() and self.target_knob("affinity"):
+                base[self.target_knob("affinity")] = "cores"
+                if self.target_knob("cores"):
+                    base[self.target_knob("cores")] = per
+        merged = {name_: knob.default for name_, knob in self.knobs.items()}
+        merged.update(base)
+        merged.update(pins)
+        n, per = self.instances(merged)
+        if name in RULES and per is None:
+            per = self.facts.rules[name][1] if self.facts else None
+        if per is not None:
+            for knob_name, knob in self.knobs.items():
+                if knob.threads and knob_name not in pins and int(merged[knob_name]) > per:
+                    base[knob_name] = per
+        return self.configure(pins, base=base)
 
     def suggest(self, trial: optuna.Trial, pins: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Build a configuration inside an Optuna trial (define-by-run).
@@ -326,10 +400,27 @@ class SearchSpace:
             if name in pins:
                 config[name] = pins[name]
             elif knob.searchable() and knob.active(config):
-                config[name] = knob.suggest(trial)
+                config[name] = self._bounded(knob, config).suggest(trial)
             else:
                 config[name] = knob.default
         return self.configure(config)
+
+    def _bounded(self, knob: Knob, config: Mapping[str, Any]) -> Knob:
+        """``knob`` with its upper bound lowered to what the instances chosen so far leave it."""
+        count = self.target_knob("instances")
+        n = int(config.get(count, 1)) if count else 1
+        if n <= 1 or knob.type != "int":
+            return knob
+        if knob.target == "instance_cores":
+            high = min(knob.high, max(knob.low, self._physical_cores() // n))
+        elif knob.threads:
+            cores_knob = self.target_knob("instance_cores")
+            if cores_knob is not None and cores_knob not in config:
+                return knob
+            high = min(knob.high, max(knob.low, self.instances(config)[1] or knob.high))
+        else:
+            return knob
+        return dataclasses.replace(knob, high=high)
 
     def searched(self, pins: Mapping[str, Any] | None = None) -> list[str]:
         """Names of the knobs the sampler varies.
@@ -440,11 +531,12 @@ def _build_space(data: dict[str, Any], facts: HostFacts, path: Path) -> SearchSp
             raise SpaceError(f"workload.label: {label!r} is not a knob")
     if contract.command is not None:
         _check_placeholders(contract, knobs)
-    for target in ("allocator", "affinity", "cores"):
+    for target in DRIVER_TARGETS:
         named = [n for n, k in knobs.items() if k.target == target]
         if len(named) > 1:
             raise SpaceError(f"knobs.{named[1]}.target: {target!r} is already the target of {named[0]!r}")
-    space = SearchSpace(workload=name, module=module, knobs=knobs, references={}, path=path, contract=contract)
+    space = SearchSpace(workload=name, module=module, knobs=knobs, references={}, path=path, contract=contract,
+                        facts=facts)
     references = {}
     for ref in REFERENCES:
         table = _table(data, ref)
@@ -461,7 +553,7 @@ def _build_space(data: dict[str, Any], facts: HostFacts, path: Path) -> SearchSp
                 raise SpaceError(f"{ref}.{exc}") from None
         references[ref] = resolved
     return SearchSpace(workload=name, module=module, knobs=knobs, references=references, path=path,
-                       contract=contract)
+                       contract=contract, facts=facts)
 
 
 def _check_placeholders(contract: Contract, knobs: Mapping[str, Knob]) -> None:
@@ -478,7 +570,7 @@ def _check_placeholders(contract: Contract, knobs: Mapping[str, Knob]) -> None:
 def _build_knob(name: str, table: dict[str, Any], facts: HostFacts, earlier: Mapping[str, Knob]) -> Knob:
     where = f"knobs.{name}"
     allowed = {"type", "target", "default", "choices", "low", "high", "log", "search", "env",
-               "env_values", "when", "requires", "help"}
+               "env_values", "when", "requires", "threads", "help"}
     _only_keys(table, allowed, where)
     kind = table.get("type")
     if kind not in KNOB_TYPES:
@@ -496,7 +588,12 @@ def _build_knob(name: str, table: dict[str, Any], facts: HostFacts, earlier: Map
         "env": table.get("env"), "help": _typed(table, "help", str, "", where),
         "env_values": _env_values(table.get("env_values", {}), where),
         "when": _when(table.get("when", {}), earlier, where),
+        "threads": _typed(table, "threads", bool, False, where),
     }
+    if fields_["threads"] and kind != "int":
+        raise SpaceError(f"{where}.threads: only an int knob counts threads")
+    if target in ("instances", "instance_cores") and kind != "int":
+        raise SpaceError(f"{where}.target: {target} needs an int knob")
     if kind in ("int", "float"):
         fields_["low"] = _host_bound(table, "low", facts, where)
         fields_["high"] = _host_bound(table, "high", facts, where)
@@ -570,11 +667,24 @@ def _when(value: Any, earlier: Mapping[str, Knob], where: str) -> dict[str, tupl
     for other, values in value.items():
         if other not in earlier:
             raise SpaceError(f"{where}.when: {other!r} is not a knob defined above")
-        if not isinstance(values, list) or not values:
-            raise SpaceError(f"{where}.when.{other}: must be a non-empty list")
         knob = earlier[other]
+        if isinstance(values, dict) and knob.type == "int":
+            # May be empty on a small host: the knob is then never active.
+            conditions[other] = tuple(_int_range(knob, values, f"{where}.when.{other}"))
+            continue
+        if not isinstance(values, list) or not values:
+            raise SpaceError(f"{where}.when.{other}: must be a non-empty list (or {{ low = N }} for an int knob)")
         conditions[other] = tuple(_condition_value(knob, v, f"{where}.when") for v in values)
     return conditions
+
+
+def _int_range(knob: Knob, bounds: dict[str, Any], where: str) -> list[int]:
+    """``{ low = 2 }`` (and/or ``high``) of an int knob: its values in that range, as the host bounds them."""
+    _only_keys(bounds, {"low", "high"}, where)
+    low, high = bounds.get("low", knob.low), bounds.get("high", knob.high)
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (low, high)):
+        raise SpaceError(f"{where}: low and high must be integers")
+    return list(range(max(int(low), int(knob.low)), min(int(high), int(knob.high)) + 1))
 
 
 def _condition_value(knob: Knob, value: Any, where: str) -> Any:
