@@ -14,6 +14,7 @@ from typing import Any
 from autotune.contract import COMMAND_MODULE
 from autotune.errors import UserError
 from autotune.host import HostInfo, cpus_for_cores, socket_cpus
+from autotune.layout import Layout, plan_layout, rates_of
 from autotune.protocol import TrialConfig
 from autotune.runner import TrialSpec
 from autotune.space import SearchSpace
@@ -30,11 +31,13 @@ class Launch:
         env: Environment changes: a value sets the variable, None removes it.
         cpus: Logical CPUs to pin to, or None for no pinning.
         params: In-process knobs for the workload's config.
+        layout: Several instances on disjoint cores (then ``cpus`` is None), or None for one process.
     """
 
     env: Mapping[str, str | None] = field(default_factory=dict)
     cpus: tuple[int, ...] | None = None
     params: Mapping[str, Any] = field(default_factory=dict)
+    layout: Layout | None = None
 
 
 def launch_for(space: SearchSpace, config: Mapping[str, Any], host: HostInfo) -> Launch:
@@ -57,10 +60,14 @@ def launch_for(space: SearchSpace, config: Mapping[str, Any], host: HostInfo) ->
             args[name] = _arg_text(value)
     allocator, affinity, cores = (space.target_knob(t) for t in ("allocator", "affinity", "cores"))
     env["LD_PRELOAD"] = _preload(config[allocator], host) if allocator else None
-    cpus = _cpus(config[affinity], int(config[cores]) if cores else 1, host) if affinity else None
+    instances, per = space.instances(config)
+    layout = plan_layout(host, instances, per) if per is not None else None
+    cpus = None
+    if affinity and layout is None:
+        cpus = _cpus(config[affinity], int(config[cores]) if cores else 1, host)
     if space.contract is not None and space.contract.is_command:
         params = _command_params(space, params, args)
-    return Launch(env=env, cpus=cpus, params=params)
+    return Launch(env=env, cpus=cpus, params=params, layout=layout)
 
 
 def _arg_text(value: Any) -> str:
@@ -147,6 +154,9 @@ def trial_spec(
         config=TrialConfig(workload=space.workload, params=params),
         env=launch.env,
         cpus=launch.cpus,
+        layout=launch.layout,
+        objective=space.objective.name if space.contract is not None else None,
+        rates=rates_of(space.units) if space.contract is not None else (),
         timeout_s=timeout_s,
         memory_cap_mb=memory_cap_mb,
     )

@@ -15,6 +15,7 @@ instance per NUMA node, all its cores) and :func:`mlperf_rule` (4 cores per inst
 from __future__ import annotations
 
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from autotune.errors import UserError
@@ -195,3 +196,8 @@ def _node_cores(host: HostInfo) -> list[tuple[int, list[tuple[int, int]]]]:
     if not groups:
         raise LayoutError("instances: no usable CPU with a known core on this host")
     return [(node, cores) for (_, node), cores in sorted(groups.items())]
+
+
+def rates_of(units: Mapping[str, str]) -> tuple[str, ...]:
+    """The figures among ``units`` (name -> unit) that are rates, per second, which instances add up."""
+    return tuple(sorted(name for name, unit in units.items() if unit.strip().endswith("/s")))

@@ -10,7 +10,11 @@ that process. The child prints protocol messages on stdout, one per line, each a
 * ``{"kind": "plan", "steps": n}`` when the child has decided how many timed steps it will run;
 * ``{"kind": "step", "index": i, "seconds": t, "warmup": bool}`` after every step, as it completes; a
   step may carry ``"figure"``: its own value of the objective, when that is not ``work / seconds``
-  (a program that prints its own figure);
+  (a program that prints its own figure); a timed step carries ``"start"`` and ``"end"``, its wall-clock
+  times (Unix seconds), so the driver can find the window in which several instances all measured;
+* ``{"kind": "ready"}`` after the warm-up, when the driver gave a barrier (:data:`BARRIER_VARIABLE`: one of
+  several instances); the child then waits for the driver's go (one byte on that descriptor) before it
+  times its first step, so that all instances measure together;
 * ``{"kind": "result", ...}`` last, the :class:`TrialResult` record;
 * ``{"kind": "error", "message": ...}`` instead of a result when the trial's input is bad.
 
@@ -32,6 +36,8 @@ from typing import Any
 
 SCHEMA_VERSION = 2
 LINE_PREFIX = "@autotune "
+# The file descriptor number of the barrier pipe an instance reads its go from (see the module docstring).
+BARRIER_VARIABLE = "AUTOTUNE_BARRIER_FD"
 
 
 class ProtocolError(ValueError):

@@ -27,7 +27,7 @@ FIGURES = (
     "setup_seconds",
 )
 # Numbers in a record that are not figures of the configuration (for records that predate figure_names).
-_NOT_FIGURES = {"schema", "wall_seconds", "cores_wait_s", "time_saved_s", "trial", *FIGURES}
+_NOT_FIGURES = {"schema", "wall_seconds", "cores_wait_s", "time_saved_s", "trial", "instances", *FIGURES}
 
 
 def trial_record(
@@ -51,6 +51,8 @@ def trial_record(
         "env": dict(spec.env),
         "params": knob_params(spec),
         "cpus": list(spec.cpus) if spec.cpus is not None else None,
+        "instances": spec.layout.to_dict() if spec.layout is not None else None,
+        "instance_figures": [dict(entry) for entry in outcome.instances],
         "host": socket.gethostname(),
         "host_fingerprint": host.fingerprint,
         "step_seconds": list(result.step_seconds if result else outcome.step_seconds),

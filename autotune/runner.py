@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
 
@@ -35,6 +35,9 @@ from autotune.protocol import (
     TrialResult,
     decode_line,
 )
+
+if TYPE_CHECKING:
+    from autotune.layout import Layout
 
 STDERR_TAIL_CHARS = 2000
 POLL_SECONDS = 0.2
@@ -64,6 +67,9 @@ class TrialSpec:
         memory_cap_mb: Limit on the resident memory of the child and its descendants.
         python: Interpreter that runs the child.
         check: Run the workload's check mode (``--check``) instead of a measurement.
+        layout: Run several instances on disjoint cores (:mod:`autotune.instances`); ``cpus`` is then unused.
+        objective: The objective's figure name, which several instances add up over their common window.
+        rates: Other figures that are rates (per second), added up like the objective.
     """
 
     module: str
@@ -74,6 +80,9 @@ class TrialSpec:
     memory_cap_mb: float | None = None
     python: str = sys.executable
     check: bool = False
+    layout: Layout | None = None
+    objective: str | None = None
+    rates: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -92,6 +101,7 @@ class TrialOutcome:
         stderr_tail: The last characters of the child's stderr.
         checked: What a check-mode child reported (its ``checked`` message), else None.
         planned_steps: Timed steps the child said it would run (its ``plan``, else its ``setup``), if any.
+        instances: With several instances, each one's record (index, CPUs, memory nodes, figures).
     """
 
     outcome: Outcome
@@ -105,6 +115,7 @@ class TrialOutcome:
     stderr_tail: str = ""
     checked: Mapping[str, Any] | None = None
     planned_steps: int | None = None
+    instances: tuple[Mapping[str, Any], ...] = ()
 
 
 class TrialRunner:
@@ -124,19 +135,28 @@ class TrialRunner:
             The outcome; this method does not raise for anything the child does.
         """
         with tempfile.TemporaryDirectory(prefix="autotune-trial-") as workdir:
+            if spec.layout is not None and spec.layout.instances > 1 and not spec.check:
+                from autotune.instances import InstanceGroup
+
+                return InstanceGroup(spec, Path(workdir), on_step, on_wait).run()
             return _Execution(spec, Path(workdir), on_step, on_wait).run()
 
 
 class _Execution:
     def __init__(
-        self, spec: TrialSpec, workdir: Path, on_step: StepCallback | None, on_wait: WaitCallback | None = None
+        self, spec: TrialSpec, workdir: Path, on_step: StepCallback | None, on_wait: WaitCallback | None = None,
+        lines: queue.Queue[tuple[int, str | None]] | None = None, tag: int = 0,
     ) -> None:
         self.spec = spec
         self.workdir = workdir
         self.on_step = on_step
         self.on_wait = on_wait
         self.setup_at = 0.0
-        self.lines: queue.Queue[str | None] = queue.Queue()
+        self.lines: queue.Queue[tuple[int, str | None]] = lines if lines is not None else queue.Queue()
+        self.tag = tag
+        self.ready = False
+        self.windows: list[tuple[float, float]] = []
+        self.proc: subprocess.Popen[bytes] | None = None
         self.steps: list[float] = []
         self.warmups: list[float] = []
         self.result: TrialResult | None = None
@@ -150,41 +170,58 @@ class _Execution:
         self.figures: list[float] = []
 
     def run(self) -> TrialOutcome:
+        start = time.monotonic()
+        try:
+            proc, reader = self.start()
+        except (OSError, subprocess.SubprocessError) as exc:
+            return TrialOutcome(Outcome.CRASHED, reason=f"could not start the trial: {exc}")
+        try:
+            stop = self._watch(proc, start)
+        finally:
+            _kill_group(proc)
+            reader.join(timeout=5)
+        wall = time.monotonic() - start
+        return self._outcome(stop, proc.returncode, wall, self.stderr_tail())
+
+    def start(
+        self, env: Mapping[str, str | None] | None = None, prefix: list[str] | None = None,
+        pass_fds: tuple[int, ...] = (),
+    ) -> tuple[subprocess.Popen[bytes], threading.Thread]:
+        """Start the child (``prefix`` words before the interpreter, ``env`` over the spec's) and its reader.
+
+        Raises:
+            OSError, subprocess.SubprocessError: It could not be started.
+        """
+        self.workdir.mkdir(parents=True, exist_ok=True)
         config_path = self.workdir / "config.json"
         config_path.write_text(self.spec.config.to_json())
-        stderr_path = self.workdir / "stderr.txt"
-        start = time.monotonic()
-        with open(stderr_path, "wb") as stderr:
-            try:
-                proc = subprocess.Popen(
-                    [self.spec.python, "-m", self.spec.module, "--config", str(config_path),
-                     *(["--check"] if self.spec.check else [])],
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.PIPE,
-                    stderr=stderr,
-                    cwd=self.workdir,
-                    env=_child_env(self.spec.env),
-                    start_new_session=True,
-                    preexec_fn=_preexec(self.spec.cpus),
-                )
-            except (OSError, subprocess.SubprocessError) as exc:
-                return TrialOutcome(Outcome.CRASHED, reason=f"could not start the trial: {exc}")
-            reader = threading.Thread(target=self._read, args=(proc,), daemon=True)
-            reader.start()
-            try:
-                stop = self._watch(proc, start)
-            finally:
-                _kill_group(proc)
-                reader.join(timeout=5)
-        wall = time.monotonic() - start
-        tail = _tail(stderr_path)
-        return self._outcome(stop, proc.returncode, wall, tail)
+        with open(self.workdir / "stderr.txt", "wb") as stderr:
+            proc = subprocess.Popen(
+                [*(prefix or []), self.spec.python, "-m", self.spec.module, "--config", str(config_path),
+                 *(["--check"] if self.spec.check else [])],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                cwd=self.workdir,
+                env=_child_env({**self.spec.env, **(env or {})}),
+                start_new_session=True,
+                preexec_fn=_preexec(self.spec.cpus),
+                pass_fds=pass_fds,
+            )
+        self.proc = proc
+        reader = threading.Thread(target=self._read, args=(proc,), daemon=True)
+        reader.start()
+        return proc, reader
+
+    def stderr_tail(self) -> str:
+        """The last characters of the child's stderr."""
+        return _tail(self.workdir / "stderr.txt")
 
     def _read(self, proc: subprocess.Popen[bytes]) -> None:
         assert proc.stdout is not None
         for raw in proc.stdout:
-            self.lines.put(raw.decode("utf-8", "replace").rstrip("\n"))
-        self.lines.put(None)
+            self.lines.put((self.tag, raw.decode("utf-8", "replace").rstrip("\n")))
+        self.lines.put((self.tag, None))
 
     def _watch(self, proc: subprocess.Popen[bytes], start: float) -> tuple[Outcome, str] | None:
         """Follow the child until it exits or must be stopped; return why it was stopped."""
@@ -193,7 +230,7 @@ class _Execution:
         exited_at: float | None = None
         while True:
             try:
-                line = self.lines.get(timeout=POLL_SECONDS)
+                line = self.lines.get(timeout=POLL_SECONDS)[1]
             except queue.Empty:
                 line = ""
             if line is None:
@@ -232,6 +269,9 @@ class _Execution:
                 self.warmups.append(float(seconds))
             else:
                 self.steps.append(float(seconds))
+                began, ended = message.get("start"), message.get("end")
+                if isinstance(began, int | float) and isinstance(ended, int | float) and ended >= began:
+                    self.windows.append((float(began), float(ended)))
                 figure = message.get("figure")
                 if isinstance(figure, int | float) and not isinstance(figure, bool):
                     self.figures.append(float(figure))
@@ -256,6 +296,8 @@ class _Execution:
                 self.planned_steps = steps
         elif kind == "checked":
             self.checked = {k: v for k, v in message.items() if k != "kind"}
+        elif kind == "ready":
+            self.ready = True
         return None
 
     def _check_memory(self, proc: subprocess.Popen[bytes]) -> tuple[Outcome, str] | None:

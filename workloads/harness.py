@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from autotune.measure import summarize
-from autotune.protocol import ProtocolError, TrialConfig, TrialResult, encode_message
+from autotune.protocol import BARRIER_VARIABLE, ProtocolError, TrialConfig, TrialResult, encode_message
 
 EXIT_BAD_INPUT = 2
 # Fewest timed steps a calibrated trial runs: a median of fewer says nothing about spread.
@@ -87,6 +87,7 @@ class Reporter:
         warmups = [self._timed(step, index, index, True)[0] for index in range(warmup)]
         if before_timed is not None:
             before_timed()
+        self._barrier()
         timed: list[float] = []
         planned = steps
         if trial_seconds > 0 and warmups:
@@ -94,13 +95,27 @@ class Reporter:
         elif trial_seconds <= 0:
             self.emit("plan", steps=planned)
         while len(timed) < planned:
+            began = time.time()
             elapsed, figure = self._timed(step, warmup + len(timed), len(timed), False, emit=False)
+            window = {"start": began, "end": time.time()}
             if trial_seconds > 0 and not warmups and not timed:
                 planned = self._plan(elapsed, steps, trial_seconds)
             # The plan goes out before the step that may get the trial pruned, so the driver knows it.
-            self._emit_step(len(timed), elapsed, False, figure)
+            self._emit_step(len(timed), elapsed, False, figure, **window)
             timed.append(elapsed)
         return warmups, timed
+
+    def _barrier(self) -> None:
+        """One of several instances: say ready, then wait for the driver's go, so all start timing together."""
+        fd = os.environ.get(BARRIER_VARIABLE)
+        if not fd:
+            return
+        self.emit("ready")
+        try:
+            os.read(int(fd), 1)
+            os.close(int(fd))
+        except (OSError, ValueError):
+            pass  # no barrier after all (a program started by hand with the variable set): time at once
 
     def _plan(self, estimate: float, steps: int, trial_seconds: float) -> int:
         wanted = math.ceil(trial_seconds / max(estimate, 1e-9))
@@ -118,9 +133,9 @@ class Reporter:
             self._emit_step(reported, elapsed, warmup, figure)
         return elapsed, figure
 
-    def _emit_step(self, reported: int, elapsed: float, warmup: bool, figure: float | None) -> None:
+    def _emit_step(self, reported: int, elapsed: float, warmup: bool, figure: float | None, **window: float) -> None:
         extra = {} if figure is None else {"figure": float(figure)}
-        self.emit("step", index=reported, seconds=elapsed, warmup=warmup, **extra)
+        self.emit("step", index=reported, seconds=elapsed, warmup=warmup, **extra, **window)
 
 
 def peak_rss_mb() -> float:

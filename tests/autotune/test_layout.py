@@ -20,7 +20,7 @@ from autotune.layout import (
 )
 
 sys.path.insert(0, str(Path(__file__).parent))
-from topologies import epyc_2core, xeon_8180, xeon_snc  # noqa: E402
+from topologies import epyc_2core, xeon_8180, xeon_snc
 
 
 def test_two_core_host_plans(tmp_path: Path) -> None:

@@ -55,6 +55,9 @@ def run(params: dict[str, Any], reporter: Reporter) -> TrialResult:
     """Run one fake trial, possibly failing as the ``fault`` knob says."""
     check(params)
     fault = params.get("fault", "none")
+    only = params.get("fault_instance")  # one of several instances fails, the others run
+    if only is not None and os.environ.get("AUTOTUNE_INSTANCE") != str(only):
+        fault = "none"
     cpus = len(os.sched_getaffinity(0))
     base = float(params.get("step_seconds", 0.01)) * step_cost(params, dict(os.environ), cpus)
     noise = float(params.get("noise", 0.0))
@@ -62,9 +65,14 @@ def run(params: dict[str, Any], reporter: Reporter) -> TrialResult:
     fault_at = int(params.get("fault_after", 1))
     hog: list[bytearray] = []
 
+    slow_instance = params.get("warmup_extra_instance")
+    late = slow_instance is not None and os.environ.get("AUTOTUNE_INSTANCE") == str(slow_instance)
+
     def step(index: int) -> None:
         if index == fault_at:
             _fail(fault, params, hog)
+        if late and index == 0:  # this instance's warm-up takes a second longer
+            time.sleep(1.0)
         time.sleep(max(0.0, base * (1.0 + rng.gauss(0.0, noise))))
 
     batch = int(params.get("batch", 1))
