@@ -42,6 +42,8 @@ from typing import TYPE_CHECKING, Any
 import optuna
 
 from autotune.contract import Objective
+from autotune.errors import UserError
+from autotune.feasible import is_feasible
 from autotune.intervals import METHOD_TEXT, median_interval
 from autotune.protocol import Outcome
 from autotune.runner import TrialOutcome
@@ -56,7 +58,8 @@ DEFAULT_SELECT_ROUNDS = 1
 # Five estimation rounds: the order-statistic interval [min, max] of 5 paired ratios covers their
 # median with probability 1 - 2 * 0.5**5 = 93.75%; 3 rounds would give 75%, 4 rounds 87.5%.
 DEFAULT_REPEATS = 5
-REFERENCE_LABELS = ("vendor_recommended", "baseline")
+REFERENCE_LABELS = ("vendor_recommended", "throughput_rule", "mlperf_rule", "baseline")
+RULE_LABELS = ("throughput_rule", "mlperf_rule")
 
 SELECT = "select"
 ESTIMATE = "estimate"
@@ -85,6 +88,9 @@ class Candidate:
             driver's order :attr:`autotune.protocol.TrialConfig.timed_steps`; None runs it as its
             search trial ran.
         finalist: Whether the winner is chosen among it (the references are measured either way).
+        instances: How many instances the configuration runs (1 for one process).
+        alternative: The best configuration of the other layout kind (one instance / several) than the
+            search's best, measured beside the winner when the winner is of the other kind.
     """
 
     label: str
@@ -92,6 +98,8 @@ class Candidate:
     config: Mapping[str, Any]
     timed_steps: int | None = None
     finalist: bool = False
+    instances: int = 1
+    alternative: bool = False
 
 
 @dataclass(frozen=True)
@@ -178,7 +186,9 @@ def candidates_of(study: optuna.Study, space: SearchSpace, top: int) -> list[Can
     The finalists are the best ``top`` distinct completed configurations of the whole study, the
     vendor-recommended one included: where it beats every search trial (a small host, a model the
     vendor's rule suits), it is the winner to confirm, not a reference the "best" falls short of. A
-    search trial that found a reference's configuration again counts as that reference.
+    search trial that found a reference's configuration again counts as that reference. Only feasible
+    trials (:func:`autotune.feasible.is_feasible`) are finalists. Where the study measured both one
+    instance and several, the best of the kind the finalists lack comes last, as the ``alternative``.
     """
     trials = [
         t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
@@ -191,26 +201,36 @@ def candidates_of(study: optuna.Study, space: SearchSpace, top: int) -> list[Can
                 references[space.fingerprint_config(space.configure(trial.user_attrs["config"]))] = (role, trial)
                 break
     finalists: list[Candidate] = []
+    kinds: dict[bool, Candidate] = {}
     seen = set()
     for trial in sorted(trials, key=lambda t: t.value, reverse=space.objective.maximize):
         key = space.fingerprint_config(space.configure(trial.user_attrs["config"]))
-        if key in seen:
+        if key in seen or not is_feasible(trial):
             continue
         seen.add(key)
         label, source = references.get(key, (f"trial {trial.number}", trial))
         if label == "baseline":
             continue  # the reference every speedup is over
-        finalists.append(dataclasses.replace(_candidate(label, source), finalist=True))
-        if len(finalists) == top:
-            break
+        candidate = _candidate(label, source, space)
+        kinds.setdefault(candidate.instances > 1, candidate)
+        if len(finalists) < top:
+            finalists.append(dataclasses.replace(candidate, finalist=True))
     chosen = {c.label for c in finalists}
-    rest = [_candidate(role, trial) for role, trial in references.values() if role not in chosen]
+    rest = [_candidate(role, trial, space) for role, trial in references.values() if role not in chosen]
     order = {role: n for n, role in enumerate(REFERENCE_LABELS)}
-    return finalists + sorted(rest, key=lambda c: order[c.label])
+    listed = finalists + sorted(rest, key=lambda c: order[c.label])
+    best_of_kind = {c.label for c in kinds.values()} if len(kinds) == 2 else set()
+    listed += [c for c in kinds.values() if c.label in best_of_kind and c.label not in {x.label for x in listed}]
+    return [dataclasses.replace(c, alternative=c.label in best_of_kind) for c in listed]
 
 
-def _candidate(label: str, trial: optuna.trial.FrozenTrial) -> Candidate:
-    return Candidate(label, trial.number, trial.user_attrs["config"], timed_steps(trial.user_attrs))
+def _candidate(label: str, trial: optuna.trial.FrozenTrial, space: SearchSpace) -> Candidate:
+    config = trial.user_attrs["config"]
+    try:
+        instances = space.instances(space.configure(config))[0]
+    except UserError:
+        instances = 1
+    return Candidate(label, trial.number, config, timed_steps(trial.user_attrs), instances=instances)
 
 
 def timed_steps(record: Mapping[str, Any]) -> int | None:
@@ -234,7 +254,7 @@ def finalists_of(candidates: list[Candidate]) -> list[Candidate]:
     marked = [c for c in candidates if c.finalist]
     if marked:
         return marked
-    found = [c for c in candidates if c.label not in REFERENCE_LABELS]
+    found = [c for c in candidates if c.label not in REFERENCE_LABELS and not c.alternative]
     return found or [c for c in candidates if c.label in REFERENCE_LABELS]
 
 
@@ -265,7 +285,8 @@ def estimate_seconds(
         return 0.0
     select = select_rounds * sum(cost[c.label] for c in finalists) if len(finalists) > 1 else 0.0
     winner = max(finalists, key=lambda c: cost[c.label])
-    references = [c for c in candidates if c.label in REFERENCE_LABELS and c.label != winner.label]
+    references = [c for c in candidates if (c.label in REFERENCE_LABELS or (c.alternative and not c.finalist))
+                  and c.label != winner.label]
     return select + repeats * (cost[winner.label] + sum(cost[c.label] for c in references))
 
 
@@ -324,6 +345,8 @@ def confirm(
         return result
     estimated = [c for c in candidates if c.label == winner]
     estimated += [c for c in candidates if c.label in REFERENCE_LABELS and c.label != winner]
+    if (other := layout_alternative(candidates, winner)) is not None and other not in estimated:
+        estimated.append(other)
     for round_ in range(repeats):
         for candidate in estimated:
             measure(candidate, ESTIMATE, round_, winner, chosen_by)
@@ -362,9 +385,26 @@ def decide(
         "vs_baseline": paired_speedup(runs, winner, "baseline", objective),
         "vs_vendor": paired_speedup(runs, winner, "vendor_recommended", objective),
     }
+    rates = _medians(candidates, runs, ESTIMATE)
+    rule = objective.best({label: rates[label] for label in RULE_LABELS if label in rates and label != winner})
+    if rule is not None:
+        speedups["vs_rule"] = paired_speedup(runs, winner, rule, objective)
+    other = layout_alternative(candidates, winner)
+    if other is not None:
+        speedups["vs_layout"] = paired_speedup(runs, winner, other.label, objective)
     return Confirmation(candidates=list(candidates), runs=list(runs), winner=winner,
                         rates=_medians(candidates, runs, ESTIMATE), speedups=speedups,
                         selection=_medians(candidates, runs, SELECT), chosen_by=chosen_by, objective=objective)
+
+
+def layout_alternative(candidates: list[Candidate], winner: str | None) -> Candidate | None:
+    """The best configuration of the other layout kind than the winner's (several instances against one),
+    when the study measured both kinds (:func:`candidates_of` marks the best of each ``alternative``)."""
+    chosen = next((c for c in candidates if c.label == winner), None)
+    if chosen is None:
+        return None
+    several = chosen.instances > 1
+    return next((c for c in candidates if c.alternative and (c.instances > 1) != several), None)
 
 
 def paired_speedup(runs: list[Run], label: str | None, reference: str, objective: Objective) -> dict[str, Any] | None:

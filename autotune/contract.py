@@ -15,6 +15,8 @@ A workload is whatever the user wants faster: a module that speaks the trial pro
   ``minimize`` for a latency). The pruner, the confirmation stage, the report, ``verify``, ``export``
   and ``exec`` all speak it;
 * **extra figures** to show beside it, ``[workload.figures]``: name = unit;
+* **its latency**, ``latency = "latency_per_sample_s"``: which figure (one of them, in seconds) is the time
+  one unit of work waits, the figure ``run --max-latency`` bounds;
 * **labels**: knobs whose values name the default study (``label = ["mode"]``);
 * for a command: how its figure is read, ``figure_key`` (a key of a printed ``@autotune {...}`` line)
   or ``figure_pattern`` (a regular expression with one group); with neither, its wall time over repeated
@@ -38,7 +40,7 @@ DIRECTIONS = ("maximize", "minimize")
 COMMAND_MODULE = "workloads.command"
 PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _WORKLOAD_KEYS = {"name", "module", "command", "check", "label", "objective", "figures", "figure_key",
-                  "figure_pattern"}
+                  "figure_pattern", "latency"}
 
 
 class ContractError(UserError):
@@ -109,6 +111,7 @@ class Contract:
         check: A command workload's argv that checks its input, or None.
         figure_key: Key of the figure in a printed ``@autotune`` line, for a command workload.
         figure_pattern: Regular expression with one group that reads the figure from stdout.
+        latency: The figure that is a latency in seconds (bounded by ``--max-latency``), or None.
     """
 
     name: str
@@ -120,6 +123,7 @@ class Contract:
     check: tuple[str, ...] | None = None
     figure_key: str | None = None
     figure_pattern: str | None = None
+    latency: str | None = None
 
     @property
     def is_command(self) -> bool:
@@ -172,16 +176,21 @@ def parse_contract(table: Mapping[str, Any]) -> Contract:
         raise ContractError(f"workload.figure_key: {figure_key!r} is not a key name")
     if pattern is not None:
         _pattern(pattern)
+    figures = _figures(table.get("figures", {}))
+    latency = table.get("latency")
+    if latency is not None and latency not in figures:
+        raise ContractError(f"workload.latency: {latency!r} is not one of the figures ([workload.figures])")
     return Contract(
         name=name,
         module=module,
         objective=_objective(table.get("objective")),
-        figures=_figures(table.get("figures", {})),
+        figures=figures,
         label=_label(table.get("label", [])),
         command=command,
         check=check,
         figure_key=figure_key,
         figure_pattern=pattern,
+        latency=latency,
     )
 
 

@@ -24,12 +24,12 @@ from autotune.confirm import (
 )
 from autotune.console import console, format_figure
 from autotune.errors import UserError
+from autotune.feasible import INFEASIBLE_ATTR
 from autotune.lock import CoresBusy
 from autotune.measurer import Held, Measurer
 from autotune.protocol import Outcome
 from autotune.pruning import best_step_seconds, warmup_too_slow
 from autotune.record import trial_record
-from autotune.space import REFERENCES
 from autotune.study.options import RunOptions
 
 # After this many consecutive repeats of measured configurations the space is taken as exhausted.
@@ -107,9 +107,15 @@ class SearchLoop:
                 remaining = deadline - self.reserve_seconds() - time.monotonic()
                 trial = self.asked = self.study.ask()
                 role = trial.user_attrs.get("role", "search")
-                config = self.space.suggest(trial, self.pins)
-                if role in REFERENCES:
-                    config = self.space.reference(role, self.pins)
+                try:
+                    config = self.space.suggest(trial, self.pins)
+                    if role in self.space.roles():
+                        config = self.space.reference(role, self.pins)
+                except UserError as exc:  # a grid point the host cannot hold (more instances than cores)
+                    self._tell_unusable(trial, role, str(exc))
+                    done += 1
+                    progress.advance(task)
+                    continue
                 status = f"best {self._best_text()} | left {remaining / 60:.1f} min"
                 progress.update(task, description=f"trial {trial.number} ({role})", status=status)
                 if role == "search":
@@ -200,6 +206,14 @@ class SearchLoop:
             self.stats["failed"] += 1
             line = f"trial {trial.number}: {outcome_name}: {record['reason']}"
         elif outcome.outcome is Outcome.OK:
+            if (excess := self._latency_excess(record)) is not None:
+                trial.set_constraint("latency", excess)
+                if excess > 0:
+                    why = (f"{self.space.contract.latency} {record[self.space.contract.latency]:.4g} s is over "
+                           f"--max-latency {self.options.max_latency_s:g} s")
+                    trial.set_user_attr(INFEASIBLE_ATTR, why)
+                    trial.set_user_attr("reason", why)
+                    line += f" (infeasible: {why})"
             finished = self.study.tell(trial, value)
             median, cv = record["median_step_s"], record["cv"]
             line += f", {format_figure(value, objective.unit)} (median step {median:.3f}s, CV {cv:.1%})"
@@ -217,6 +231,23 @@ class SearchLoop:
         # This trial, not the study's last one: an enqueued reference may be waiting after it.
         self.seen.setdefault(self._key(config), finished)
         progress.console.print(line)
+
+    def _latency_excess(self, record: Mapping[str, Any]) -> float | None:
+        """Seconds the trial's latency figure is over ``--max-latency`` (negative: under), or None without a bound."""
+        bound, contract = self.options.max_latency_s, self.space.contract
+        if bound is None or contract is None or contract.latency is None:
+            return None
+        latency = record.get(contract.latency)
+        if not isinstance(latency, int | float):
+            return None
+        return float(latency) - bound
+
+    def _tell_unusable(self, trial: optuna.Trial, role: str, why: str) -> None:
+        trial.set_user_attr("role", role)
+        trial.set_user_attr("outcome", Outcome.BAD_INPUT.value)
+        trial.set_user_attr("reason", f"not measured: {why}")
+        self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        self.stats["failed"] += 1
 
     @contextlib.contextmanager
     def _cores(self, trial: optuna.Trial, progress: Progress, task: Any) -> Iterator[Held]:

@@ -38,6 +38,8 @@ class RunOptions:
         full_report: Write the full report (figures, HTML) rather than ``best.json`` and a short
             ``report.md``.
         profile: Profile the baseline and the best configuration at the end (op-time breakdown).
+        max_latency_s: A configuration whose latency figure (the contract's ``latency``) exceeds this is
+            infeasible: stored with its figures, never a winner. None: no bound.
     """
 
     trials: int = 30
@@ -58,3 +60,4 @@ class RunOptions:
     confirm_select_rounds: int = DEFAULT_SELECT_ROUNDS
     full_report: bool = False
     profile: bool = False
+    max_latency_s: float | None = None

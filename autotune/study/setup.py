@@ -25,7 +25,7 @@ from autotune.lock import study_setup_lock
 from autotune.protocol import Outcome
 from autotune.pruning import BestFractionPruner
 from autotune.report import OBJECTIVE_ATTR
-from autotune.space import REFERENCES, SearchSpace
+from autotune.space import SearchSpace
 from autotune.study.options import RunOptions
 from autotune.study.storage import redact, storage_errors, storage_url
 
@@ -35,6 +35,8 @@ from autotune.study.storage import redact, storage_errors, storage_url
 # ones. benchmarks/search_efficiency.py: median trials to 95% of the grid's best fell from 11.5 to 7
 # (of 49), and the share of seeds within a quarter of the grid from 57% to 86%.
 TPE_STARTUP_TRIALS = 4
+# Study user attribute: reference roles that resolve to the configuration of an earlier one on this host.
+SAME_ATTR = "same_configuration"
 
 
 def default_study_name(space: SearchSpace, pins: Mapping[str, Any], host: HostInfo) -> str:
@@ -85,6 +87,7 @@ def open_shared_study(
         study = _open_study(options, name, space, pins)
         _check_host(study, host, options.allow_mixed_hosts)
         _check_pins(study, space, pins)
+        _check_latency_bound(study, space, options.max_latency_s)
         _fail_orphans(study)
         enqueue_references(study, space, pins)
         runs = int(study.user_attrs.get("runs", 0))
@@ -181,6 +184,19 @@ def _check_pins(study: optuna.Study, space: SearchSpace, pins: Mapping[str, Any]
         raise UserError(f"study {study.study_name!r} was started with {shown}; use the same or another --study")
 
 
+def _check_latency_bound(study: optuna.Study, space: SearchSpace, bound: float | None) -> None:
+    """Record the study's ``--max-latency`` once; a later run must give the same (its trials were judged by it)."""
+    if bound is not None and (space.contract is None or space.contract.latency is None):
+        raise UserError(f"--max-latency: workload {space.workload!r} declares no latency figure "
+                        "(latency = \"FIGURE\" in its [workload] table)")
+    recorded = study.user_attrs.get("max_latency_s", "unset")
+    if recorded == "unset":
+        study.set_user_attr("max_latency_s", bound)
+    elif recorded != bound:
+        shown = "no --max-latency" if recorded is None else f"--max-latency {recorded:g}"
+        raise UserError(f"study {study.study_name!r} was started with {shown}; use the same or another --study")
+
+
 def _fail_orphans(study: optuna.Study) -> None:
     """Fail RUNNING trials whose driver process on this host is gone (a killed earlier run)."""
     me = socket.gethostname()
@@ -201,9 +217,18 @@ def enqueue_references(study: optuna.Study, space: SearchSpace, pins: Mapping[st
         if t.user_attrs.get("outcome") != Outcome.INTERRUPTED.value
     }
     searched = space.searched(pins)
-    for role in REFERENCES:
+    same = dict(study.user_attrs.get(SAME_ATTR) or {})
+    resolved: dict[tuple, str] = {}
+    for role in space.roles():
+        config = space.reference(role, pins)
+        key = space.fingerprint_config(config)
+        if key in resolved:  # a rule that resolves to an earlier reference here is measured once
+            same[role] = resolved[key]
+            continue
+        resolved[key] = role
         if role in roles:
             continue
-        config = space.reference(role, pins)
         params = {n: config[n] for n in searched if space.knobs[n].active(config)}
         study.enqueue_trial(params, user_attrs={"role": role})
+    if same != (study.user_attrs.get(SAME_ATTR) or {}):
+        study.set_user_attr(SAME_ATTR, same)
