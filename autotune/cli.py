@@ -101,6 +101,9 @@ def _parser() -> argparse.ArgumentParser:
                      help="skip the op-time breakdown of the baseline and the best at the end")
     run.add_argument("--no-prune", dest="prune", action="store_false",
                      help="measure every trial in full (no pruning of clearly slower trials)")
+    run.add_argument("--max-latency", type=_positive_float, metavar="SECONDS",
+                     help="a configuration whose latency figure (per sample for unet3d; the slowest instance's with "
+                          "several) is over this is infeasible: stored, never the winner")
     run.add_argument("--no-wait", dest="wait", action="store_false",
                      help="exit with status 75 instead of waiting while another autotune worker "
                           "measures on this host's cores")
@@ -176,6 +179,21 @@ def _parser() -> argparse.ArgumentParser:
                         help="which configuration (default best)")
     launch.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]")
     launch.set_defaults(handler=_exec)
+
+    scale = sub.add_parser("scale", help="measure the scaling curve of a study's best configuration",
+                           description="Measure the stored best configuration on 1, 2, 4, ... physical cores up "
+                           "to the host's, as one instance and as instances of one core each; the points are "
+                           "stored in the study and the report draws them. One measurement per point.")
+    scale.add_argument("--study", required=True, help="study name")
+    scale.add_argument("--storage", help="Optuna storage URL (default: sqlite:///autotune.db here)")
+    scale.add_argument("--workload", help="workload name (default: the study's)")
+    scale.add_argument("--space", type=Path, help="search-space file (default search_spaces/<workload>.toml)")
+    scale.add_argument("--data-dir", type=Path, help="BraTS folder (default: synthetic data in the cache)")
+    scale.add_argument("--trial-timeout", type=_positive_float, default=600.0,
+                       help="seconds one point may take (default 600)")
+    scale.add_argument("--memory-cap", type=_positive_float, help="MiB one point may use (default 75%% of the host)")
+    scale.add_argument("--report-dir", type=Path, help="report folder to rewrite (default reports/<study>)")
+    scale.set_defaults(handler=_scale)
 
     from autotune.profile import PROFILE_STEPS
 
@@ -406,6 +424,7 @@ def _run(args: argparse.Namespace) -> int:
         full_report=True,
         profile=args.profile,
         wait_for_cores=args.wait,
+        max_latency_s=args.max_latency,
     )
     return run_study(options, host, space, pins)
 
@@ -538,6 +557,30 @@ def _report(args: argparse.Namespace) -> int:
     report_dir = args.report_dir or Path("reports") / args.study
     write_report(summarize_study(study, space, host, load_calibration(host)), study, report_dir)
     console.print(f"wrote {report_dir / 'report.md'}, {report_dir / 'report.html'} and {report_dir / 'best.json'}")
+    return 0
+
+
+def _scale(args: argparse.Namespace) -> int:
+    from autotune.console import console, format_figure
+    from autotune.host import probe_host
+    from autotune.report import stored_host, summarize_study, write_report
+    from autotune.scaling import measure_curve
+    from autotune.study import load_existing_study
+
+    study = load_existing_study(args.storage, args.study)
+    args.workload = args.workload or study.user_attrs.get("workload", "unet3d")
+    host = probe_host(software=False)
+    space = _study_space(args, study, host)
+    unit = space.objective.unit
+
+    def on_point(point):
+        shown = format_figure(point["value"], unit) if point["value"] else point["outcome"]
+        console.print(f"  {point['cores']} cores, {point['layout']}: {shown}")
+
+    curve = measure_curve(study, _measurer(args, space, host), on_point=on_point)
+    report_dir = args.report_dir or Path("reports") / args.study
+    write_report(summarize_study(study, space, stored_host(study) or host), study, report_dir)
+    console.print(f"stored {len(curve['points'])} points in study {args.study}; wrote {report_dir / 'report.md'}")
     return 0
 
 

@@ -24,9 +24,11 @@ from autotune.console import console, format_figure
 from autotune.contract import Objective
 from autotune.errors import UserError
 from autotune.exits import Exit
+from autotune.feasible import is_feasible
 from autotune.files import atomic_write
 from autotune.host import HostInfo
 from autotune.intervals import METHOD_TEXT, percent, ratio_of_medians_interval
+from autotune.layout_report import layout_sections, layout_speedups
 from autotune.page import Section, to_html, to_markdown
 from autotune.plots import IMPORTANCE_METHOD, Bar, Figures, draw, plotly_js
 from autotune.profile import CONFIG_ROLES, StudyConfig
@@ -159,12 +161,14 @@ def summarize_study(
     for role in ("baseline", "vendor_recommended"):
         matching = [t for t in ok if t.user_attrs.get("role") == role]
         configs[role] = _record(matching[0]) if matching else None
-    best = (max if objective.maximize else min)(ok, key=lambda t: t.value) if ok else None
+    feasible = [t for t in ok if is_feasible(t)]
+    best = (max if objective.maximize else min)(feasible, key=lambda t: t.value) if feasible else None
     configs["best"] = _record(best) if best else None
     speedups = {
         "vs_baseline": _speedup(configs["best"], configs["baseline"], objective),
         "vs_vendor": _speedup(configs["best"], configs["vendor_recommended"], objective),
     }
+    speedups.update(layout_speedups(configs["best"], feasible, objective, _record, _speedup))
     confirmation = _confirmation(study, objective)
     winner = confirmation.candidate(confirmation.winner) if confirmation and confirmation.winner else None
     by_number = {t.number: t for t in trials}
@@ -349,7 +353,8 @@ def speedup_entry(speedup: Speedup) -> dict[str, Any]:
 def _entry(record: Mapping[str, Any] | None) -> dict[str, Any] | None:
     if record is None:
         return None
-    keys = ("trial", "role", "config", "env", "params", "cpus", "step_seconds", "effective", *FIGURES)
+    keys = ("trial", "role", "config", "env", "params", "cpus", "instances", "instance_figures", "step_seconds",
+            "effective", *FIGURES)
     return {**{key: record.get(key) for key in keys}, **figures_of(record)}
 
 
@@ -691,7 +696,8 @@ def write_report(
                      summary.metric_name)
     except UserError as exc:  # a figure could not be saved
         raise ReportError(str(exc)) from None
-    sections = report_sections(summary, drawn, [*breakdown_sections(summary, report_dir), *extra])
+    sections = report_sections(summary, drawn, [*breakdown_sections(summary, report_dir),
+                                                *layout_sections(study, summary), *extra])
     speedup_chart = Section(title="Speedup", figures=["Speedup over the baseline"])
     sections.insert(3, speedup_chart)
     title = f"autotune report: {summary.study}"
