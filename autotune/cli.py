@@ -169,7 +169,9 @@ def _parser() -> argparse.ArgumentParser:
         "exec", help="run a command with a tuned configuration applied",
         description="Run CMD with the configuration's environment, CPU affinity and allocator "
         "(LD_PRELOAD) applied. CMD replaces autotune, so its exit status and signals pass "
-        "through. In-process knobs are in the AUTOTUNE_PARAMS variable as JSON.",
+        "through. In-process knobs are in the AUTOTUNE_PARAMS variable as JSON. A configuration of N "
+        "instances starts N pinned copies (AUTOTUNE_INSTANCE=0..N-1, AUTOTUNE_INSTANCES=N), forwards "
+        "signals to all, waits for all and exits with the first non-zero status, or 0.",
     )
     source = launch.add_mutually_exclusive_group(required=True)
     source.add_argument("--config", type=Path, help="a best.json, or a record from export --format json")
@@ -491,7 +493,7 @@ def _launch_record(args: argparse.Namespace, usage: str) -> Any:
 
 
 def _exec(args: argparse.Namespace) -> int:
-    from autotune.launcher import CommandError, exec_record
+    from autotune.launcher import CommandError, exec_record, supervise
 
     if not args.argv or args.argv[0] != "--":
         raise UserError("put the command after --: autotune exec --config FILE -- CMD [ARGS...]")
@@ -500,6 +502,8 @@ def _exec(args: argparse.Namespace) -> int:
     record = _launch_record(args, "autotune exec --study NAME -- CMD")
     where = f"{args.config}: {record.role}" if args.config else f"study {args.study}: {record.role}"
     try:
+        if record.layout is not None:
+            return supervise(record, args.argv[1:], where=where)
         exec_record(record, args.argv[1:], where=where)
     except CommandError as exc:
         print(f"autotune: error: {_one_line(exc)}", file=sys.stderr)

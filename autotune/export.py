@@ -24,13 +24,16 @@ from typing import Any
 from autotune.errors import UserError
 from autotune.files import atomic_write
 from autotune.host import format_cpu_list
+from autotune.layout import INSTANCE_VARIABLE, INSTANCES_VARIABLE, Layout
 from autotune.report import ROLES, load_best
 
 EXPORT_SCHEMA = 1
 EXPORT_KIND = "autotune-export"
 PARAMS_VARIABLE = "AUTOTUNE_PARAMS"
 LAUNCH_VARIABLE = "AUTOTUNE_LAUNCH"
-RESERVED_NAMES = (PARAMS_VARIABLE, LAUNCH_VARIABLE)
+CPUS_VARIABLE = "AUTOTUNE_INSTANCE_CPUS"
+"""With several instances: each instance's CPU list, separated by ``;`` (dotenv, the sh file)."""
+RESERVED_NAMES = (PARAMS_VARIABLE, LAUNCH_VARIABLE, INSTANCE_VARIABLE, INSTANCES_VARIABLE, CPUS_VARIABLE)
 ROLE_ALIASES = {"vendor": "vendor_recommended", **{role: role for role in ROLES}}
 """Role names accepted on the command line: the ``best.json`` entries, and ``vendor`` for short."""
 
@@ -60,6 +63,7 @@ class LaunchRecord:
         params: In-process knobs; the workload applies them itself (they are not variables).
         config: Every knob of the configuration, by name.
         host_fingerprint: Fingerprint of the host it was tuned on.
+        layout: Several instances on disjoint cores (then ``cpus`` is None), or None for one process.
     """
 
     study: str
@@ -71,6 +75,20 @@ class LaunchRecord:
     params: Mapping[str, Scalar]
     config: Mapping[str, Any] = field(default_factory=dict)
     host_fingerprint: str | None = None
+    layout: Layout | None = None
+
+    @property
+    def instances(self) -> int:
+        """How many copies of the command run."""
+        return self.layout.instances if self.layout is not None else 1
+
+    def instance_prefix(self, index: int) -> list[str]:
+        """The words that pin instance ``index`` (``taskset``, and ``numactl --membind`` where it binds memory)."""
+        if self.layout is None:
+            return self.launch_prefix
+        slot = self.layout.slots[index]
+        bind = ["numactl", f"--membind={format_cpu_list(slot.nodes)}"] if slot.nodes else []
+        return [*bind, "taskset", "-c", format_cpu_list(slot.cpus)]
 
     @property
     def launch_prefix(self) -> list[str]:
@@ -180,7 +198,20 @@ def _record(
         params=validate_params(entry.get("params"), f"{where}.params"),
         config=config,
         host_fingerprint=fingerprint,
+        layout=_layout(entry.get("instances"), f"{where}.instances"),
     )
+
+
+def _layout(data: Any, where: str) -> Layout | None:
+    if data is None:
+        return None
+    if not isinstance(data, dict):
+        raise UserError(f"{where}: not an object")
+    try:
+        layout = Layout.from_dict(data)
+    except UserError as exc:
+        raise UserError(f"{where}: {exc}") from None
+    return layout if layout.instances > 1 else None
 
 
 def _text(value: Any, where: str) -> str:
@@ -256,6 +287,8 @@ def to_sh(record: LaunchRecord) -> str:
         lines.append(f"unset {name}" if value is None else f"export {name}={shlex.quote(value)}")
     lines += _params_comment(record)
     lines.append(f"export {PARAMS_VARIABLE}={shlex.quote(record.params_json)}")
+    if record.layout is not None:
+        return "\n".join(lines + _sh_instances(record)) + "\n"
     prefix = shlex.join(record.launch_prefix)
     if record.cpus is None:
         lines.append("# No CPU pinning: autotune_launch runs the command as it is.")
@@ -277,6 +310,10 @@ def to_dotenv(record: LaunchRecord) -> str:
             lines.append(f"{name}={_dotenv_quote(value)}")
     lines += _params_comment(record)
     lines.append(f"{PARAMS_VARIABLE}={_dotenv_quote(record.params_json)}")
+    if record.layout is not None:
+        lines += _layout_comment(record, "a dotenv file cannot start them")
+        lines.append(f"{INSTANCES_VARIABLE}={_dotenv_quote(str(record.instances))}")
+        lines.append(f"{CPUS_VARIABLE}={_dotenv_quote(_instance_cpus(record))}")
     lines += _pinning_comment(record, "a dotenv file cannot pin CPUs")
     return "\n".join(lines) + "\n"
 
@@ -293,6 +330,7 @@ def to_json(record: LaunchRecord) -> str:
         "host_fingerprint": record.host_fingerprint,
         "env": dict(record.env),
         "cpus": None if record.cpus is None else list(record.cpus),
+        "instances": None if record.layout is None else record.layout.to_dict(),
         "params": dict(record.params),
         "config": dict(record.config),
     }
@@ -317,6 +355,7 @@ def to_docker(record: LaunchRecord) -> str:
     lines.append(f"ENV {PARAMS_VARIABLE}={params}")
     why = f"ENV cannot pin CPUs (docker run --cpuset-cpus={_cpus(record)} confines the container)"
     lines += _pinning_comment(record, why)
+    lines += _layout_comment(record, "ENV cannot start them: use `autotune exec` or the sh export as the CMD")
     return "\n".join(lines) + "\n"
 
 
@@ -328,6 +367,8 @@ def to_k8s(record: LaunchRecord) -> str:
             lines.append(f"# {name} must be unset: left out (only the image can set it).")
     lines += _preload_comment(record)
     lines += _params_comment(record)
+    lines += _layout_comment(record, "env cannot start them: run `autotune exec` or the sh export's "
+                                     "autotune_launch as the container's command, on a pod with all these CPUs")
     if record.cpus is not None:
         lines += [
             f"# CPU affinity (CPUs {_cpus(record)}) cannot be set through env: give the container",
@@ -417,6 +458,53 @@ def _pinning_comment(record: LaunchRecord, why: str) -> list[str]:
         _comment(f"CPU affinity: {why}; start the command as:"),
         _comment(f"  {command}    (taskset is in util-linux)"),
     ]
+
+
+def _instance_cpus(record: LaunchRecord) -> str:
+    assert record.layout is not None
+    return ";".join(format_cpu_list(slot.cpus) for slot in record.layout.slots)
+
+
+def _layout_comment(record: LaunchRecord, why: str) -> list[str]:
+    if record.layout is None:
+        return []
+    layout = record.layout
+    lines = [_comment(f"Instances: {layout.instances} copies of the command, {layout.cores_per_instance} physical "
+                      f"core(s) each, told {INSTANCE_VARIABLE}=0..{layout.instances - 1} and "
+                      f"{INSTANCES_VARIABLE}={layout.instances};"),
+             _comment(f"{why}. Each copy is started as:")]
+    for index in range(layout.instances):
+        words = [f"{INSTANCE_VARIABLE}={index}", f"{INSTANCES_VARIABLE}={layout.instances}",
+                 *record.instance_prefix(index), "CMD"]
+        lines.append(_comment(f"  {shlex.join(words)}"))
+    return lines
+
+
+def _sh_instances(record: LaunchRecord) -> list[str]:
+    """``autotune_launch``: start the copies, forward INT/TERM/HUP to all, wait all, return the first failure."""
+    assert record.layout is not None
+    n = record.instances
+    lines = [f"# {n} instances: autotune_launch starts {n} pinned copies of the command, each told its index",
+             f"# ({INSTANCE_VARIABLE}) and the count ({INSTANCES_VARIABLE}), waits for all, and returns the first",
+             "# non-zero status (or 0); INT, TERM and HUP are forwarded to every copy.",
+             f"{CPUS_VARIABLE}={shlex.quote(_instance_cpus(record))}",
+             "autotune_launch() {",
+             "  _autotune_pids=''",
+             "  trap 'kill -s TERM $_autotune_pids 2>/dev/null' TERM HUP",
+             "  trap 'kill -s INT $_autotune_pids 2>/dev/null' INT"]
+    for index in range(n):
+        prefix = shlex.join(record.instance_prefix(index))
+        lines.append(f"  {INSTANCE_VARIABLE}={index} {INSTANCES_VARIABLE}={n} {prefix} \"$@\" &")
+        lines.append('  _autotune_pids="$_autotune_pids $!"')
+    lines += ["  _autotune_status=0",
+              "  for _autotune_pid in $_autotune_pids; do",
+              '    wait "$_autotune_pid"; _autotune_code=$?',
+              '    if [ "$_autotune_status" -eq 0 ]; then _autotune_status=$_autotune_code; fi',
+              "  done",
+              "  trap - INT TERM HUP",
+              '  return "$_autotune_status"',
+              "}"]
+    return lines
 
 
 def _cpus(record: LaunchRecord) -> str:

@@ -8,13 +8,22 @@ caller unchanged; nothing stays behind to forward them.
 
 In-process knobs (threads, data layout, batch, ...) cannot be applied to an arbitrary command: the
 command finds them as JSON in ``AUTOTUNE_PARAMS`` and applies them itself.
+
+A record with several instances cannot become one command: :func:`supervise` starts one pinned copy per
+instance (each told ``AUTOTUNE_INSTANCE`` and ``AUTOTUNE_INSTANCES``, its memory bound with numactl where
+the host has several NUMA nodes and numactl is installed), each in a process group of its own with stdin
+from /dev/null, forwards INT, TERM, HUP, QUIT, USR1 and USR2 to all of them, waits for all, and returns the
+first non-zero status in the order they ended (a copy killed by a signal counts as 128 + its number, as
+shells count it), or 0.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
+import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from typing import NoReturn
@@ -23,6 +32,7 @@ from autotune.errors import UserError
 from autotune.exits import Exit
 from autotune.export import PARAMS_VARIABLE, LaunchRecord
 from autotune.host import format_cpu_list
+from autotune.layout import instance_env, membind_prefix
 
 EXIT_NOT_FOUND = Exit.NOT_FOUND
 EXIT_NOT_EXECUTABLE = Exit.NOT_EXECUTABLE
@@ -70,12 +80,13 @@ def check_host(record: LaunchRecord, where: str, usable: set[int] | None = None)
     Raises:
         UserError: A CPU is not usable here, or an ``LD_PRELOAD`` path does not exist.
     """
-    if record.cpus is not None:
+    wanted = record.cpus if record.layout is None else tuple(c for s in record.layout.slots for c in s.cpus)
+    if wanted is not None:
         if usable is None:
             if not hasattr(os, "sched_getaffinity"):
                 raise UserError(f"{where}.cpus: this system cannot pin a process to CPUs")
             usable = os.sched_getaffinity(0)
-        missing = sorted(set(record.cpus) - usable)
+        missing = sorted(set(wanted) - usable)
         if missing:
             raise UserError(
                 f"{where}.cpus: CPU(s) {format_cpu_list(missing)} are not usable here "
@@ -119,3 +130,70 @@ def exec_record(record: LaunchRecord, argv: Sequence[str], where: str) -> NoRetu
         raise CommandError(f"{argv[0]}: command not found", EXIT_NOT_FOUND) from None
     except OSError as exc:
         raise CommandError(f"{argv[0]}: {exc.strerror or exc}", EXIT_NOT_EXECUTABLE) from None
+
+
+_FORWARDED = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2")
+                   if hasattr(signal, name))
+
+
+def supervise(record: LaunchRecord, argv: Sequence[str], where: str) -> int:
+    """Run one pinned copy of ``argv`` per instance of the record's layout and return the status to exit with.
+
+    Raises:
+        UserError: The host cannot give what the record asks (see :func:`check_host`).
+        CommandError: The command was not found or cannot be executed; no copy was left running.
+    """
+    if not argv:
+        raise UserError("no command to run")
+    assert record.layout is not None
+    check_host(record, where)
+    env = child_env(os.environ, record)
+    count = record.layout.instances
+    procs: list[subprocess.Popen[bytes]] = []
+    previous = {signum: signal.getsignal(signum) for signum in _FORWARDED}
+
+    def forward(signum: int, _frame: object) -> None:
+        for proc in procs:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signum)
+
+    for signum in _FORWARDED:
+        signal.signal(signum, forward)
+    try:
+        for index, slot in enumerate(record.layout.slots):
+            try:
+                procs.append(subprocess.Popen(
+                    [*membind_prefix(slot), *argv], env={**env, **instance_env(index, count)},
+                    stdin=subprocess.DEVNULL, process_group=0,
+                    preexec_fn=lambda cpus=slot.cpus: os.sched_setaffinity(0, cpus)))
+            except (FileNotFoundError, PermissionError, OSError) as exc:
+                forward(signal.SIGTERM, None)
+                for proc in procs:
+                    proc.wait()
+                status = EXIT_NOT_FOUND if isinstance(exc, FileNotFoundError) else EXIT_NOT_EXECUTABLE
+                raise CommandError(f"{argv[0]}: {exc.strerror or exc}", status) from None
+        return _wait_all(procs)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _wait_all(procs: list[subprocess.Popen[bytes]]) -> int:
+    """Wait for every copy; the first non-zero status in the order they ended, or 0."""
+    waiting = {proc.pid: proc for proc in procs}
+    first = 0
+    while waiting:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            break
+        except InterruptedError:
+            continue
+        proc = waiting.pop(pid, None)
+        if proc is None:
+            continue
+        code = proc.returncode = os.waitstatus_to_exitcode(status)
+        code = 128 - code if code < 0 else code
+        if first == 0 and code != 0:
+            first = code
+    return first
