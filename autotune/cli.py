@@ -404,6 +404,9 @@ def _run(args: argparse.Namespace) -> int:
     # Check what the user gave first: the software probe (a TensorFlow import in a subprocess) takes
     # seconds, and neither the space nor the workload's own check depends on it.
     quick_host, space, pins = _setup(args, software=False)
+    if args.max_latency is not None and (space.contract is None or space.contract.latency is None):
+        raise UserError(f"--max-latency: workload {space.workload!r} declares no latency figure "
+                        "(latency = \"FIGURE\" in its [workload] table)")
     data_dir = _data_dir(args)
     _check_inputs(args, space, pins, quick_host, data_dir)
     host = probe_host(software=True)

@@ -44,6 +44,27 @@ EXEC = ("exec", "--config", "{tmp}/best.json", "--", sys.executable, "-c", "pass
 EXPORT = ("export", "--best-json", "{tmp}/best.json", "--format", "sh")
 REPORT = ("report", "--study", STUDY, "--workload", "fake", "--space", str(FAKE), "--report-dir", "{tmp}/report")
 
+# Instance knobs added to the fake space (before intra_threads, which they bound).
+INSTANCES = """[knobs.instances]
+type = "int"
+low = 1
+high = "physical_cores"
+default = 1
+target = "instances"
+
+[knobs.cores_per_instance]
+type = "int"
+low = 1
+high = "physical_cores"
+default = 1
+target = "instance_cores"
+when = { instances = { low = 2 } }
+
+[knobs.intra_threads]
+"""
+CORES = len({tuple(Path(f"/sys/devices/system/cpu/cpu{c}/topology/{n}").read_text().strip() for n in
+                   ("physical_package_id", "core_id")) for c in os.sched_getaffinity(0)})
+
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
@@ -236,6 +257,24 @@ CASES = [
     case("set_empty_value", (*RUN, "--set", "onednn="), "onednn: '' is not a boolean"),
     case("set_other_pins_than_the_study", (*RUN, "--set", "batch=2"),
          f"study '{STUDY}' was started with --set step_seconds=0.003"),
+    # -- instances (the fake space with an instances knob) --
+    case("instances_more_than_cores", (*RUN, "--space", "{tmp}/space.toml", "--set", f"instances={CORES + 1}"),
+         f"instances: {CORES + 1} is outside 1..{CORES}", setup=space("[knobs.intra_threads]\n", INSTANCES)),
+    case("instances_layout_too_big", (*RUN, "--space", "{tmp}/space.toml", "--set", "instances=2",
+                                      "--set", f"cores_per_instance={CORES}"),
+         f"instances: 2 x {CORES} cores needs {2 * CORES} physical cores", setup=space("[knobs.intra_threads]\n",
+                                                                                       INSTANCES)),
+    case("instances_oversubscribed", (*RUN, "--space", "{tmp}/space.toml", "--set", "instances=2",
+                                      "--set", "cores_per_instance=1", "--set", "intra_threads=2"),
+         "intra_threads: 2 threads in an instance of 1 core (2 instances)",
+         setup=space("[knobs.intra_threads]\n", INSTANCES + "threads = true\n")),
+    case("max_latency_without_a_latency_figure", (*RUN, "--max-latency", "0.5"),
+         "--max-latency: workload 'fake' declares no latency figure"),
+    case("best_instances_on_unusable_cpus", EXEC, "best.cpus: CPU(s) 4095 are not usable here",
+         setup=best(put(("best", "instances"), {"instances": 2, "cores_per_instance": 1, "cpus": [[0], [4095]],
+                                                 "membind": [[], []]}))),
+    case("best_instances_sharing_a_cpu", EXEC, "best.instances: instances: two instances share a CPU",
+         setup=best(put(("best", "instances"), {"instances": 2, "cores_per_instance": 1, "cpus": [[0], [0]]}))),
     # -- storage URLs --
     case("storage_unknown_scheme", (*RUN, "--storage", "nosuchdb://x"),
          "cannot open storage nosuchdb://x: Can't load plugin"),
