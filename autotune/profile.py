@@ -305,7 +305,8 @@ def profile_config(measurer: Measurer, config: Mapping[str, Any], *, steps: int 
     The run is a trial in every respect (fresh subprocess, the config's environment and CPU pinning,
     timeout and memory cap, all from ``measurer``) except: ``steps`` timed steps exactly, at least one
     warm-up step (XLA compiles there), and the profiler on during the timed steps, so its step times are
-    not figures of record. The caller holds the cores (:meth:`Measurer.holding`).
+    not figures of record; a configuration of several instances is profiled as one of them, alone on its
+    cores. The caller holds the cores (:meth:`Measurer.holding`).
 
     Raises:
         ProfileFailed: The run failed, or left no readable breakdown.
@@ -317,6 +318,8 @@ def profile_config(measurer: Measurer, config: Mapping[str, Any], *, steps: int 
         if "warmup" in params:  # XLA compiles in the first step: keep it out of the profile
             params["warmup"] = max(1, int(params["warmup"]))
         trial_config = dataclasses.replace(spec.config, params=params)
+        if spec.layout is not None:  # several instances: the breakdown of one, alone on its cores
+            spec = dataclasses.replace(spec, layout=None, cpus=spec.layout.slots[0].cpus)
         outcome = measurer.runner.run(dataclasses.replace(spec, config=trial_config))
         if outcome.outcome is not Outcome.OK:
             reason = f"the profiling run {outcome.outcome.value}: {outcome.reason}"
