@@ -99,8 +99,13 @@ def _layout_facts(study: optuna.Study, summary: StudySummary) -> list[str]:
     layout = summary.speedups.get("vs_layout")
     if layout is not None:
         other = _other_label(layout)
+        found = next((t for t in study.get_trials(deepcopy=False)
+                      if other in (t.user_attrs.get("role"), f"trial {t.number}")), None)
         kind = "one instance" if instances_of(best) > 1 else "several instances"
-        facts.append(f"Against the best with {kind} ({other}): **{layout.text()}**; {layout.basis}.")
+        shown = f"{other}, {layout_text(found.user_attrs)}" if found is not None else other
+        verdict = "won" if layout.value >= 1 else "lost"
+        facts.append(f"{layout_text(best).split(' (')[0]} {verdict} against the best with {kind} ({shown}): "
+                     f"**{layout.text()}**; {layout.basis}.")
     for rule, text in RULE_TEXT.items():
         if rule in same:
             facts.append(f"The {text} resolves to the `{same[rule]}` configuration on this host: measured once.")

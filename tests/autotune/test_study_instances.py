@@ -72,7 +72,7 @@ def test_study_measures_two_instances_against_one_and_reports_it(tmp_path, host,
     assert all(t.state == optuna.trial.TrialState.FAIL for t in unusable)
     report = (tmp_path / "report" / "report.md").read_text()
     assert "## Instances and the launchers' rules" in report
-    assert "Against the best with one instance" in report
+    assert "2 x 1 cores won against the best with one instance" in report
     assert "resolves to the `vendor_recommended` configuration on this host: measured once" in report
 
 
