@@ -96,6 +96,8 @@ def _layout_facts(study: optuna.Study, summary: StudySummary) -> list[str]:
     if best is None or not (instances_of(best) > 1 or any(r in roles or r in same for r in RULE_TEXT)):
         return []
     facts = [f"The best runs {layout_text(best)} (trial {best.get('trial')})."]
+    if best.get("numa_note"):
+        facts.append(f"Note: {best['numa_note']}.")
     layout = summary.speedups.get("vs_layout")
     if layout is not None:
         other = _other_label(layout)

@@ -13,6 +13,7 @@ from typing import Any
 
 from autotune.host import HostInfo
 from autotune.launch import knob_params
+from autotune.layout import membind_note
 from autotune.measure import spread_warning, summarize
 from autotune.protocol import SCHEMA_VERSION, Outcome
 from autotune.runner import TrialOutcome, TrialSpec
@@ -27,7 +28,8 @@ FIGURES = (
     "setup_seconds",
 )
 # Numbers in a record that are not figures of the configuration (for records that predate figure_names).
-_NOT_FIGURES = {"schema", "wall_seconds", "cores_wait_s", "time_saved_s", "trial", "instances", *FIGURES}
+_NOT_FIGURES = {"schema", "wall_seconds", "cores_wait_s", "time_saved_s", "trial", "instances", "numa_note",
+                *FIGURES}
 
 
 def trial_record(
@@ -53,6 +55,7 @@ def trial_record(
         "cpus": list(spec.cpus) if spec.cpus is not None else None,
         "instances": spec.layout.to_dict() if spec.layout is not None else None,
         "instance_figures": [dict(entry) for entry in outcome.instances],
+        "numa_note": membind_note(spec.layout) if spec.layout is not None else None,
         "host": socket.gethostname(),
         "host_fingerprint": host.fingerprint,
         "step_seconds": list(result.step_seconds if result else outcome.step_seconds),
