@@ -21,8 +21,9 @@ USABLE = sorted(os.sched_getaffinity(0))
 pytestmark = pytest.mark.skipif(len(USABLE) < 2, reason="needs two usable CPUs")
 LAYOUT = {"instances": 2, "cores_per_instance": 1, "hyperthreads": False,
           "cpus": [[USABLE[0]], [USABLE[1]]], "membind": [[], []]}
-PROBE = ("import json, os; print(json.dumps({'index': os.environ['AUTOTUNE_INSTANCE'], "
-         "'count': os.environ['AUTOTUNE_INSTANCES'], 'cpus': sorted(os.sched_getaffinity(0))}), flush=True)")
+# One write per line: two copies share the pipe, and print() may write the line and its newline apart.
+PROBE = ("import json, os; os.write(1, (json.dumps({'index': os.environ['AUTOTUNE_INSTANCE'], "
+         "'count': os.environ['AUTOTUNE_INSTANCES'], 'cpus': sorted(os.sched_getaffinity(0))}) + '\\n').encode())")
 
 
 def write_best(folder: Path, layout: Any = LAYOUT) -> Path:
