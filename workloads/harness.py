@@ -36,13 +36,16 @@ class Reporter:
     """Emits protocol messages for one trial and times its steps.
 
     ``timed_steps``, the driver's order from the trial config, fixes the number of timed steps of
-    :meth:`time_steps` whatever the workload's own knobs say.
+    :meth:`time_steps` whatever the workload's own knobs say. ``outputs_wanted``, also the driver's
+    order, asks the workload to compute its check outputs after the timed steps (:mod:`autotune.outputs`)
+    and pass them to :func:`build_result`.
     """
 
-    def __init__(self, stream=None, timed_steps: int | None = None) -> None:
+    def __init__(self, stream=None, timed_steps: int | None = None, outputs_wanted: bool = False) -> None:
         self._stream = stream or sys.stdout
         self.setup_seconds = 0.0
         self.timed_steps = timed_steps
+        self.outputs_wanted = outputs_wanted
 
     def emit(self, kind: str, **payload: Any) -> None:
         """Write one protocol message and flush it, so the driver sees it at once."""
@@ -141,6 +144,7 @@ def build_result(
     setup_seconds: float,
     effective: dict[str, Any],
     extra: dict[str, float] | None = None,
+    outputs: dict[str, Any] | None = None,
 ) -> TrialResult:
     """Compute the figures of a trial from its step times.
 
@@ -156,6 +160,7 @@ def build_result(
         setup_seconds: Time to the first warm-up step.
         effective: What the process observed.
         extra: Further figures of the workload's own.
+        outputs: The check outputs (:mod:`autotune.outputs` payload), when the driver asked for them.
     """
     summary = summarize(step_seconds)
     median = summary.median
@@ -180,6 +185,7 @@ def build_result(
         peak_rss_mb=peak_rss_mb(),
         setup_seconds=setup_seconds,
         effective=effective,
+        outputs=outputs or {},
     )
 
 
@@ -220,8 +226,9 @@ def main(
     workload: str | None,
     run: Callable[[dict[str, Any], Reporter], TrialResult],
     check: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    prepare: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
 ) -> int:
-    """Process entry point of a workload: ``python -m workloads.<name> --config FILE [--check]``.
+    """Process entry point of a workload: ``python -m workloads.<name> --config FILE [--check|--prepare]``.
 
     Args:
         workload: The workload's name, checked against the config; None accepts any name (the command
@@ -229,6 +236,8 @@ def main(
         run: Runs the trial and returns its result record.
         check: With ``--check``, validates the config's values and the inputs without measuring and
             returns what it found (sent as the ``checked`` message); None checks the config alone.
+        prepare: With ``--prepare``, makes and caches what the output checks need (check weights) and
+            returns what it made (sent as the ``prepared`` message); None has nothing to prepare.
 
     Returns:
         The exit status: 0 on success, 2 on bad input. Other failures raise, so the driver sees
@@ -237,6 +246,8 @@ def main(
     parser = argparse.ArgumentParser(prog=f"python -m workloads.{workload}" if workload else None)
     parser.add_argument("--config", required=True, help="trial config JSON file")
     parser.add_argument("--check", action="store_true", help="check the config and inputs, measure nothing")
+    parser.add_argument("--prepare", action="store_true",
+                        help="make and cache what the output checks need (check weights), measure nothing")
     args = parser.parse_args()
     reporter = Reporter()
     try:
@@ -247,9 +258,13 @@ def main(
         reporter.emit("error", message=one_line(exc))
         return EXIT_BAD_INPUT
     reporter.timed_steps = config.timed_steps
+    reporter.outputs_wanted = config.outputs
     try:
         if args.check:
             reporter.emit("checked", **(check(dict(config.params)) if check else {}))
+            return 0
+        if args.prepare:
+            reporter.emit("prepared", **(prepare(dict(config.params)) if prepare else {}))
             return 0
         result = run(dict(config.params), reporter)
     except BadInput as exc:
