@@ -8,6 +8,7 @@ The password of a ``--storage`` URL never reaches an error line.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -101,6 +102,10 @@ def _parser() -> argparse.ArgumentParser:
                      help="skip the op-time breakdown of the baseline and the best at the end")
     run.add_argument("--no-prune", dest="prune", action="store_false",
                      help="measure every trial in full (no pruning of clearly slower trials)")
+    run.add_argument("--tolerance", dest="tolerances", action="append", default=[],
+                     metavar="[KNOB=VALUE:]FIGURE=BOUND",
+                     help="replace an output-agreement bound of the search space, e.g. dice=0.98 or "
+                          "precision=mixed_bfloat16:dice=0.98 (repeatable; another bound is another study)")
     run.add_argument("--no-wait", dest="wait", action="store_false",
                      help="exit with status 75 instead of waiting while another autotune worker "
                           "measures on this host's cores")
@@ -384,8 +389,13 @@ def _run(args: argparse.Namespace) -> int:
     # Check what the user gave first: the software probe (a TensorFlow import in a subprocess) takes
     # seconds, and neither the space nor the workload's own check depends on it.
     quick_host, space, pins = _setup(args, software=False)
+    if args.tolerances:
+        if space.agreement is None:
+            raise UserError(f"--tolerance: the {space.workload} workload declares no output-agreement check")
+        space = dataclasses.replace(space, agreement=space.agreement.with_overrides(args.tolerances, space.knobs))
     data_dir = _data_dir(args)
     _check_inputs(args, space, pins, quick_host, data_dir)
+    prepared = _prepare_checks(args, space, pins, quick_host, data_dir)
     host = probe_host(software=True)
     options = RunOptions(
         trials=args.trials,
@@ -407,7 +417,29 @@ def _run(args: argparse.Namespace) -> int:
         profile=args.profile,
         wait_for_cores=args.wait,
     )
-    return run_study(options, host, space, pins)
+    return run_study(options, host, space, pins, prepared=prepared)
+
+
+def _prepare_checks(
+    args: argparse.Namespace, space: Any, pins: dict[str, Any], host: Any, data_dir: str | None
+) -> dict[str, Any]:
+    """Make the output checks' weights before any trial (trained once per host and recipe, then cached)."""
+    from autotune.console import console
+    from autotune.launch import default_memory_cap_mb
+    from autotune.preflight import prepare_checks, reference_configs
+
+    if space.agreement is None or space.agreement.reference is None:
+        return {}
+    with console.status(f"preparing the {space.workload} workload's output checks (check weights)..."):
+        prepared = dict(prepare_checks(space, reference_configs(space, pins)[0], host, data_dir=data_dir,
+                                       memory_cap_mb=args.memory_cap or default_memory_cap_mb(host)))
+    weights = prepared.get("weights") or {}
+    if prepared.get("trained"):
+        console.print(f"check weights: {weights.get('label', 'trained')}: trained in "
+                      f"{float(prepared.get('seconds') or 0):.0f} s (once; cached for later runs)")
+    elif weights:
+        console.print(f"check weights: {weights.get('label', weights.get('kind'))}")
+    return prepared
 
 
 def _check_inputs(args: argparse.Namespace, space: Any, pins: dict[str, Any], host: Any, data_dir: str | None) -> None:

@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 import optuna
 
 from autotune.contract import Objective
+from autotune.feasible import is_feasible
 from autotune.intervals import METHOD_TEXT, median_interval
 from autotune.protocol import Outcome
 from autotune.runner import TrialOutcome
@@ -178,7 +179,9 @@ def candidates_of(study: optuna.Study, space: SearchSpace, top: int) -> list[Can
     The finalists are the best ``top`` distinct completed configurations of the whole study, the
     vendor-recommended one included: where it beats every search trial (a small host, a model the
     vendor's rule suits), it is the winner to confirm, not a reference the "best" falls short of. A
-    search trial that found a reference's configuration again counts as that reference.
+    search trial that found a reference's configuration again counts as that reference. Only feasible
+    trials are finalists (:mod:`autotune.feasible`): an inaccurate vendor configuration is measured as a
+    reference, never confirmed as the winner.
     """
     trials = [
         t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
@@ -194,7 +197,7 @@ def candidates_of(study: optuna.Study, space: SearchSpace, top: int) -> list[Can
     seen = set()
     for trial in sorted(trials, key=lambda t: t.value, reverse=space.objective.maximize):
         key = space.fingerprint_config(space.configure(trial.user_attrs["config"]))
-        if key in seen:
+        if key in seen or not is_feasible(trial):
             continue
         seen.add(key)
         label, source = references.get(key, (f"trial {trial.number}", trial))

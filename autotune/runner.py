@@ -64,6 +64,7 @@ class TrialSpec:
         memory_cap_mb: Limit on the resident memory of the child and its descendants.
         python: Interpreter that runs the child.
         check: Run the workload's check mode (``--check``) instead of a measurement.
+        prepare: Run the workload's prepare mode (``--prepare``: make and cache what output checks need).
     """
 
     module: str
@@ -74,6 +75,7 @@ class TrialSpec:
     memory_cap_mb: float | None = None
     python: str = sys.executable
     check: bool = False
+    prepare: bool = False
 
 
 @dataclass(frozen=True)
@@ -90,7 +92,8 @@ class TrialOutcome:
         returncode: The child's exit status (negative: killed by that signal).
         peak_rss_mb: Peak resident memory of the process tree the runner saw.
         stderr_tail: The last characters of the child's stderr.
-        checked: What a check-mode child reported (its ``checked`` message), else None.
+        checked: What a check-mode child reported (its ``checked`` message; ``prepared`` in prepare
+            mode), else None.
         planned_steps: Timed steps the child said it would run (its ``plan``, else its ``setup``), if any.
     """
 
@@ -158,7 +161,7 @@ class _Execution:
             try:
                 proc = subprocess.Popen(
                     [self.spec.python, "-m", self.spec.module, "--config", str(config_path),
-                     *(["--check"] if self.spec.check else [])],
+                     *(["--check"] if self.spec.check else []), *(["--prepare"] if self.spec.prepare else [])],
                     stdin=subprocess.DEVNULL,
                     stdout=subprocess.PIPE,
                     stderr=stderr,
@@ -254,7 +257,7 @@ class _Execution:
             steps = message.get("steps")
             if isinstance(steps, int) and not isinstance(steps, bool) and steps > 0:
                 self.planned_steps = steps
-        elif kind == "checked":
+        elif kind in ("checked", "prepared"):
             self.checked = {k: v for k, v in message.items() if k != "kind"}
         return None
 
@@ -282,7 +285,7 @@ class _Execution:
             return TrialOutcome(stop[0], reason=stop[1], **common)
         if self.error is not None:
             return TrialOutcome(Outcome.BAD_INPUT, reason=self.error, **common)
-        if self.spec.check and self.checked is not None and returncode == 0:
+        if (self.spec.check or self.spec.prepare) and self.checked is not None and returncode == 0:
             return TrialOutcome(Outcome.OK, checked=self.checked, **common)
         if self.result is not None and self.bad_output is None:
             # The result is the trial's final record; a hang or crash at interpreter exit after it
