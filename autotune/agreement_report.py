@@ -62,7 +62,8 @@ def section(setup: Mapping[str, Any] | None, configs: Mapping[str, Mapping[str, 
                     + ") at the same shape. Pruned trials were not checked; confirmation runs reuse the verdict.")
     else:
         text.append("Each completed trial's own quality figures were bounded (no reference run).")
-    weights = setup.get("weights") or {}
+    weights = setup.get("weights") or next(
+        ((verdict_of(r) or {}).get("weights") for r in configs.values() if (verdict_of(r) or {}).get("weights")), {})
     if weights:
         trained = setup.get("weights_training_s")
         text.append(f"Check weights: {weights.get('label') or weights.get('kind')}"
