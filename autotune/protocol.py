@@ -12,7 +12,9 @@ that process. The child prints protocol messages on stdout, one per line, each a
   step may carry ``"figure"``: its own value of the objective, when that is not ``work / seconds``
   (a program that prints its own figure);
 * ``{"kind": "result", ...}`` last, the :class:`TrialResult` record;
-* ``{"kind": "error", "message": ...}`` instead of a result when the trial's input is bad.
+* ``{"kind": "error", "message": ...}`` instead of a result when the trial's input is bad;
+* ``{"kind": "bad_output", "message": ...}`` instead of a result when what the trial measured is unusable
+  (a program that printed no quality figure): the trial ends as ``bad_output`` with that reason.
 
 With ``TrialConfig.outputs`` set, a model workload computes, after its timed steps, its outputs for fixed
 check inputs and fixed check weights with the model and shapes it was timed with, and puts them in the

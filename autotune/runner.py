@@ -253,6 +253,8 @@ class _Execution:
                 self.bad_output = str(exc)
         elif kind == "error":
             self.error = str(message.get("message", "bad input"))
+        elif kind == "bad_output":
+            return Outcome.BAD_OUTPUT, str(message.get("message") or "the workload found its output unusable")
         elif kind == "plan":
             steps = message.get("steps")
             if isinstance(steps, int) and not isinstance(steps, bool) and steps > 0:

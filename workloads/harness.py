@@ -4,7 +4,7 @@ A workload module provides ``run(params, reporter) -> dict`` that prepares its d
 :meth:`Reporter.time_steps` with its step function, and returns the workload-specific figures
 (voxels per step, FLOPs per step, effective settings). :func:`main` wraps it into the process entry point:
 it reads the JSON config, reports every step and the final result on stdout, and turns bad input into an
-``error`` message with exit status 2.
+``error`` message with exit status 2, and unusable output into a ``bad_output`` message with exit status 3.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from autotune.measure import summarize
 from autotune.protocol import ProtocolError, TrialConfig, TrialResult, encode_message
 
 EXIT_BAD_INPUT = 2
+EXIT_BAD_OUTPUT = 3
 # Fewest timed steps a calibrated trial runs: a median of fewer says nothing about spread.
 MIN_CALIBRATED_STEPS = 3
 PROCESS_START = time.perf_counter()
@@ -30,6 +31,10 @@ PROCESS_START = time.perf_counter()
 
 class BadInput(Exception):
     """A trial config or data the workload cannot run; the message is one line."""
+
+
+class BadOutput(Exception):
+    """What a trial measured cannot be used (a quality figure missing); the message is one line."""
 
 
 class Reporter:
@@ -240,8 +245,8 @@ def main(
             returns what it made (sent as the ``prepared`` message); None has nothing to prepare.
 
     Returns:
-        The exit status: 0 on success, 2 on bad input. Other failures raise, so the driver sees
-        the traceback on stderr and a non-zero status.
+        The exit status: 0 on success, 2 on bad input, 3 on bad output. Other failures raise, so the
+        driver sees the traceback on stderr and a non-zero status.
     """
     parser = argparse.ArgumentParser(prog=f"python -m workloads.{workload}" if workload else None)
     parser.add_argument("--config", required=True, help="trial config JSON file")
@@ -270,6 +275,9 @@ def main(
     except BadInput as exc:
         reporter.emit("error", message=one_line(exc))
         return EXIT_BAD_INPUT
+    except BadOutput as exc:
+        reporter.emit("bad_output", message=one_line(exc))
+        return EXIT_BAD_OUTPUT
     reporter.emit("result", **result.to_dict())
     return 0
 
