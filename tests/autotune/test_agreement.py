@@ -103,7 +103,8 @@ def test_reference_is_stored_once_per_shape_and_reused_by_later_runs(tmp_path, h
 
 def test_a_failing_reference_leaves_trials_not_judged_and_never_winning(tmp_path, host) -> None:
     space = searched_answer(host, tmp_path)
-    spec = dataclasses.replace(space.agreement, reference={**space.agreement.reference, "fault": "crash", "fault_after": 0})
+    crashing = {**space.agreement.reference, "fault": "crash", "fault_after": 0}
+    spec = dataclasses.replace(space.agreement, reference=crashing)
     space = dataclasses.replace(space, agreement=spec)
     status = run_study(options(tmp_path, trials=3), host, space, PINS)
 
@@ -143,7 +144,7 @@ def test_a_repeat_of_an_inaccurate_configuration_stays_infeasible(tmp_path, host
     assert repeats, "a fully pinned space repeats its one configuration"
     assert all(t.constraints.get(CONSTRAINT, 0) > 0 for t in repeats)
     with pytest.raises(ValueError):
-        study.best_trial  # noqa: B018 - nothing feasible
+        study.best_trial
 
 
 def test_the_user_tolerance_is_part_of_the_study(tmp_path, host) -> None:
