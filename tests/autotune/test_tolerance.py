@@ -116,3 +116,12 @@ def test_bounds_only_spec_judges_own_figures() -> None:
     spec = AgreementSpec(None, (), (ToleranceRule({"accuracy": Bound("accuracy", "min", 0.9)}),))
     assert spec.judge({}, {"accuracy": 0.95, "samples_per_s": 10.0}).figures == {"accuracy": 0.95}
     assert not spec.judge({}, {"accuracy": 0.85}).ok
+
+
+def test_a_programs_own_figure_is_judged_on_its_worst_run() -> None:
+    from autotune.tolerance import Bound, ToleranceRule
+
+    spec = AgreementSpec(None, (), (ToleranceRule({"top1": Bound("top1", "min", 0.99)}),))
+    # the median run meets the bound, the worst one does not
+    verdict = spec.judge({}, {"top1": 0.995, "top1_min": 0.97, "top1_max": 1.0})
+    assert verdict.failed == ("top1 0.97 < 0.99",)
