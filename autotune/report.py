@@ -122,6 +122,8 @@ class StudySummary:
         agreement: The study's output-agreement set-up (reference, bounds, check weights), or None when
             the workload declares no check.
         inaccurate: ``(trial number, reason)`` of configurations measured but outside the tolerance.
+        time_by_outcome: Wall seconds of the study's measured trials (the search stage, references
+            included) by how they ended: ``completed``, ``pruned``, ``failed``.
     """
 
     study: str
@@ -140,6 +142,7 @@ class StudySummary:
     figure_units: Mapping[str, str] = field(default_factory=dict)
     agreement: Mapping[str, Any] | None = None
     inaccurate: list[tuple[int, str]] = field(default_factory=list)
+    time_by_outcome: Mapping[str, float] = field(default_factory=dict)
 
     @property
     def metric_name(self) -> str:
@@ -215,7 +218,32 @@ def summarize_study(
             "gemm_peak_bf16_gflops_per_s"),
         agreement=study.user_attrs.get(AGREEMENT_ATTR),
         inaccurate=[(t.number, str(t.user_attrs.get("reason", ""))) for t in measured if not is_feasible(t)],
+        time_by_outcome=_time_by_outcome(trials),
     )
+
+
+def _time_by_outcome(trials: Sequence[optuna.trial.FrozenTrial]) -> dict[str, float]:
+    spent = {"completed": 0.0, "pruned": 0.0, "failed": 0.0}
+    for trial in trials:
+        wall = trial.user_attrs.get("wall_seconds")
+        if "repeat_of" in trial.user_attrs or not isinstance(wall, int | float):
+            continue
+        kind = {optuna.trial.TrialState.COMPLETE: "completed",
+                optuna.trial.TrialState.PRUNED: "pruned"}.get(trial.state, "failed")
+        spent[kind] += float(wall)
+    return spent
+
+
+def search_time_text(spent: Mapping[str, float]) -> str:
+    """Where the search's trial time went, e.g. ``search trial time 687 s: 267 s completed, 420 s (61%) pruned``."""
+    total = sum(spent.values())
+    if total <= 0:
+        return ""
+    parts = [f"{spent.get('completed', 0.0):.0f} s completed"]
+    for kind in ("pruned", "failed"):
+        if spent.get(kind):
+            parts.append(f"{spent[kind]:.0f} s ({spent[kind] / total:.0%}) {kind}")
+    return f"search trial time {total:.0f} s (references included): " + ", ".join(parts)
 
 
 def stored_host(study: optuna.Study) -> HostInfo | None:
@@ -525,6 +553,10 @@ def print_summary(
         console.print(NO_ACCURATE_TEXT)
     if line := agreement_report.run_line(stats):
         console.print(line)
+    run_spent = {"completed": stats.get("ok_wall_s", 0.0), "pruned": stats.get("pruned_wall_s", 0.0),
+                 "failed": stats.get("failed_wall_s", 0.0)}
+    if text := search_time_text(run_spent):
+        console.print(f"this run's {text}")
     counts = ", ".join(f"{n} {k}" for k, n in sorted(summary.counts.items()))
     console.print(
         f"this run: {stats.get('run', 0)} trials measured, {stats.get('repeats', 0)} repeats answered from storage, "
@@ -587,6 +619,8 @@ def report_sections(
     ]
     facts.append(estimand(summary))
     facts.append(f"Trials: {', '.join(f'{n} {k}' for k, n in sorted(summary.counts.items()))}.")
+    if spent := search_time_text(summary.time_by_outcome):
+        facts.append(spent[0].upper() + spent[1:] + ".")
     facts.append(f"Knobs searched: {', '.join(summary.searched) or 'none'}.")
     if summary.best is None and summary.inaccurate:
         facts.insert(0, NO_ACCURATE_TEXT)

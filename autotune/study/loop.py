@@ -186,6 +186,8 @@ class SearchLoop:
                 progress.update(task, status="judging its outputs against the reference")
                 verdict = self.guard.judge(config, outcome.result.outputs, outcome.result.figures)
         record = trial_record(config, spec, outcome, self.measurer.host)
+        kind = "pruned" if outcome.outcome is Outcome.PRUNED else "ok" if outcome.outcome is Outcome.OK else "failed"
+        self.stats[f"{kind}_wall_s"] = self.stats.get(f"{kind}_wall_s", 0.0) + outcome.wall_seconds
         if verdict is not None:
             record["agreement"] = verdict.to_dict()
             self.stats["check_s"] += _check_seconds(record)

@@ -77,6 +77,7 @@ def test_wrong_outputs_are_inaccurate_and_never_win_though_fastest(tmp_path, hos
     assert "## Output agreement" in report
     assert f"trial {wrong.number}: outputs disagree" in report
     assert "Check weights: the fake workload's fixed weights" in report
+    assert "Search trial time" in report and "s completed" in report
 
 
 def test_reference_is_stored_once_per_shape_and_reused_by_later_runs(tmp_path, host) -> None:
