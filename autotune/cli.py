@@ -8,6 +8,7 @@ The password of a ``--storage`` URL never reaches an error line.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -104,6 +105,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--max-latency", type=_positive_float, metavar="SECONDS",
                      help="a configuration whose latency figure (per sample for unet3d; the slowest instance's with "
                           "several) is over this is infeasible: stored, never the winner")
+    run.add_argument("--tolerance", dest="tolerances", action="append", default=[],
+                     metavar="[KNOB=VALUE:]FIGURE=BOUND",
+                     help="replace an output-agreement bound of the search space, e.g. dice=0.98 or "
+                          "precision=mixed_bfloat16:dice=0.98 (repeatable; another bound is another study)")
     run.add_argument("--no-wait", dest="wait", action="store_false",
                      help="exit with status 75 instead of waiting while another autotune worker "
                           "measures on this host's cores")
@@ -407,8 +412,13 @@ def _run(args: argparse.Namespace) -> int:
     if args.max_latency is not None and (space.contract is None or space.contract.latency is None):
         raise UserError(f"--max-latency: workload {space.workload!r} declares no latency figure "
                         "(latency = \"FIGURE\" in its [workload] table)")
+    if args.tolerances:
+        if space.agreement is None:
+            raise UserError(f"--tolerance: the {space.workload} workload declares no output-agreement check")
+        space = dataclasses.replace(space, agreement=space.agreement.with_overrides(args.tolerances, space.knobs))
     data_dir = _data_dir(args)
     _check_inputs(args, space, pins, quick_host, data_dir)
+    prepared = _prepare_checks(args, space, pins, quick_host, data_dir)
     host = probe_host(software=True)
     options = RunOptions(
         trials=args.trials,
@@ -431,7 +441,29 @@ def _run(args: argparse.Namespace) -> int:
         wait_for_cores=args.wait,
         max_latency_s=args.max_latency,
     )
-    return run_study(options, host, space, pins)
+    return run_study(options, host, space, pins, prepared=prepared)
+
+
+def _prepare_checks(
+    args: argparse.Namespace, space: Any, pins: dict[str, Any], host: Any, data_dir: str | None
+) -> dict[str, Any]:
+    """Make the output checks' weights before any trial (trained once per host and recipe, then cached)."""
+    from autotune.console import console
+    from autotune.launch import default_memory_cap_mb
+    from autotune.preflight import prepare_checks, reference_configs
+
+    if space.agreement is None or space.agreement.reference is None:
+        return {}
+    with console.status(f"preparing the {space.workload} workload's output checks (check weights)..."):
+        prepared = dict(prepare_checks(space, reference_configs(space, pins)[0], host, data_dir=data_dir,
+                                       memory_cap_mb=args.memory_cap or default_memory_cap_mb(host)))
+    weights = prepared.get("weights") or {}
+    if prepared.get("trained"):
+        console.print(f"check weights: {weights.get('label', 'trained')}: trained in "
+                      f"{float(prepared.get('seconds') or 0):.0f} s (once; cached for later runs)")
+    elif weights:
+        console.print(f"check weights: {weights.get('label', weights.get('kind'))}")
+    return prepared
 
 
 def _check_inputs(args: argparse.Namespace, space: Any, pins: dict[str, Any], host: Any, data_dir: str | None) -> None:

@@ -187,8 +187,9 @@ def candidates_of(study: optuna.Study, space: SearchSpace, top: int) -> list[Can
     vendor-recommended one included: where it beats every search trial (a small host, a model the
     vendor's rule suits), it is the winner to confirm, not a reference the "best" falls short of. A
     search trial that found a reference's configuration again counts as that reference. Only feasible
-    trials (:func:`autotune.feasible.is_feasible`) are finalists. Where the study measured both one
-    instance and several, the best of the kind the finalists lack comes last, as the ``alternative``.
+    trials are finalists (:mod:`autotune.feasible`): an inaccurate vendor configuration is measured as a
+    reference, never confirmed as the winner. Where the study measured both one instance and several, the
+    best of each kind is marked ``alternative`` (the best of the kind the finalists lack comes last).
     """
     trials = [
         t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))

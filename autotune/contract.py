@@ -20,7 +20,13 @@ A workload is whatever the user wants faster: a module that speaks the trial pro
 * **labels**: knobs whose values name the default study (``label = ["mode"]``);
 * for a command: how its figure is read, ``figure_key`` (a key of a printed ``@autotune {...}`` line)
   or ``figure_pattern`` (a regular expression with one group); with neither, its wall time over repeated
-  runs after a warm-up run, as hyperfine measures.
+  runs after a warm-up run, as hyperfine measures;
+* for a command, optionally a **quality figure**, the guard that a faster configuration still computes
+  the same answers: ``quality_key = "accuracy"`` names it and reads it from that key of a printed
+  ``@autotune {...}`` line, or, with ``quality_pattern`` (a regular expression with one group), from
+  the last match in stdout. Every run must print it, else the trial is bad output; the trial's record
+  holds its median over the timed runs under that name, and its lowest and highest as
+  ``<name>_min`` and ``<name>_max``.
 
 Knobs reach a trial by their ``target`` (see :data:`autotune.space.TARGETS`); nothing here or in the
 driver names a knob of one workload.
@@ -40,7 +46,7 @@ DIRECTIONS = ("maximize", "minimize")
 COMMAND_MODULE = "workloads.command"
 PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _WORKLOAD_KEYS = {"name", "module", "command", "check", "label", "objective", "figures", "figure_key",
-                  "figure_pattern", "latency"}
+                  "figure_pattern", "quality_key", "quality_pattern", "latency"}
 
 
 class ContractError(UserError):
@@ -111,6 +117,9 @@ class Contract:
         check: A command workload's argv that checks its input, or None.
         figure_key: Key of the figure in a printed ``@autotune`` line, for a command workload.
         figure_pattern: Regular expression with one group that reads the figure from stdout.
+        quality_key: Name of a command's quality figure, and the key of the printed ``@autotune`` line
+            it is read from unless ``quality_pattern`` is given; None: no quality figure.
+        quality_pattern: Regular expression with one group that reads the quality figure from stdout.
         latency: The figure that is a latency in seconds (bounded by ``--max-latency``), or None.
     """
 
@@ -123,6 +132,8 @@ class Contract:
     check: tuple[str, ...] | None = None
     figure_key: str | None = None
     figure_pattern: str | None = None
+    quality_key: str | None = None
+    quality_pattern: str | None = None
     latency: str | None = None
 
     @property
@@ -175,7 +186,21 @@ def parse_contract(table: Mapping[str, Any]) -> Contract:
     if figure_key is not None and not (isinstance(figure_key, str) and figure_key):
         raise ContractError(f"workload.figure_key: {figure_key!r} is not a key name")
     if pattern is not None:
-        _pattern(pattern)
+        _pattern(pattern, "workload.figure_pattern")
+    quality_key, quality_pattern = table.get("quality_key"), table.get("quality_pattern")
+    if (quality_key is not None or quality_pattern is not None) and module != COMMAND_MODULE:
+        raise ContractError("workload.quality_key/quality_pattern: only for a command workload (a module "
+                            "sends its check outputs itself)")
+    if quality_pattern is not None and quality_key is None:
+        raise ContractError("workload.quality_pattern: name the figure it reads with quality_key = \"accuracy\"")
+    if quality_key is not None and not (isinstance(quality_key, str) and quality_key.isidentifier()):
+        raise ContractError(f"workload.quality_key: {quality_key!r} is not a figure name")
+    if quality_pattern is not None:
+        _pattern(quality_pattern, "workload.quality_pattern")
+    objective = _objective(table.get("objective"))
+    if quality_key is not None and quality_key == objective.name:
+        raise ContractError(f"workload.quality_key: {quality_key!r} is the objective; the quality figure is "
+                            "another figure the program prints (e.g. its accuracy)")
     figures = _figures(table.get("figures", {}))
     latency = table.get("latency")
     if latency is not None and latency not in figures:
@@ -183,13 +208,15 @@ def parse_contract(table: Mapping[str, Any]) -> Contract:
     return Contract(
         name=name,
         module=module,
-        objective=_objective(table.get("objective")),
+        objective=objective,
         figures=figures,
         label=_label(table.get("label", [])),
         command=command,
         check=check,
         figure_key=figure_key,
         figure_pattern=pattern,
+        quality_key=quality_key,
+        quality_pattern=quality_pattern,
         latency=latency,
     )
 
@@ -247,12 +274,12 @@ def _unit(unit: Any, where: str) -> None:
         raise ContractError(f"{where}: {unit!r} is not a short unit such as \"samples/s\"")
 
 
-def _pattern(pattern: Any) -> None:
+def _pattern(pattern: Any, where: str) -> None:
     if not isinstance(pattern, str):
-        raise ContractError("workload.figure_pattern: must be a string")
+        raise ContractError(f"{where}: must be a string")
     try:
         compiled = re.compile(pattern)
     except re.error as exc:
-        raise ContractError(f"workload.figure_pattern: not a regular expression ({exc})") from None
+        raise ContractError(f"{where}: not a regular expression ({exc})") from None
     if compiled.groups != 1:
-        raise ContractError("workload.figure_pattern: needs exactly one group, the number")
+        raise ContractError(f"{where}: needs exactly one group, the number")

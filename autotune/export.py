@@ -153,6 +153,11 @@ def record_from_best(
         raise UserError(f"{source}: has no {role!r} configuration (no trial of it succeeded)")
     if not isinstance(entry, dict):
         raise UserError(f"{source}: {role}: not an object")
+    verdict = entry.get("agreement")
+    if isinstance(verdict, dict) and verdict.get("ok") is False:
+        why = verdict.get("note") or "; ".join(verdict.get("failed") or []) or "outside the tolerance"
+        raise UserError(f"{source}: {role}: its outputs disagree with the reference ({why}); "
+                        "autotune does not deploy an inaccurate configuration")
     return _record(f"{source}: {role}", document, entry, role)
 
 

@@ -1,22 +1,29 @@
-"""Which stored trials may be a winner: the feasible ones.
+"""Which completed trials may win: those every constraint allows.
 
-A trial may complete with a figure and still be no answer: over the user's latency bound
-(``run --max-latency``), or computing other outputs than the reference. Each such test is an Optuna named
-constraint (``trial.set_constraint(name, excess)``, positive when violated), told before the trial's value,
-so that Optuna's ``best_trial`` and TPE treat the trial as infeasible. Everything that chooses finalists,
-winners or exports asks :func:`is_feasible`, whatever the constraint is.
+A trial can be measured and still not be a candidate: its outputs disagree with the reference beyond the
+tolerance (constraint ``agreement``, see :mod:`autotune.agreement`), or it is over the user's latency bound
+(constraint ``latency``, ``run --max-latency``). Such a trial is stored COMPLETE with its real figure, and
+with Optuna's named constraints (:meth:`optuna.trial.Trial.set_constraint`, positive: violated), so TPE
+learns the region is infeasible and ``Study.best_trial`` skips it. Everything that picks a winner, a
+finalist or a pruning yardstick asks :func:`is_feasible` too.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterable
+
+import optuna
 
 INFEASIBLE_ATTR = "infeasible"
-"""Trial user attribute: why a completed trial is infeasible, in words, with the figure that failed."""
+"""Trial user attribute: why a completed trial is over ``--max-latency``, in words, with the figure."""
 
 
-def is_feasible(trial: Any) -> bool:
-    """Whether every named constraint of ``trial`` (a FrozenTrial) is met: all values zero or less."""
-    constraints = getattr(trial, "constraints", None) or {}
-    values = constraints.values() if isinstance(constraints, dict) else constraints
-    return all(value <= 0 for value in values)
+def is_feasible(trial: optuna.trial.FrozenTrial) -> bool:
+    """Whether every constraint of ``trial`` holds (a trial without constraints is feasible)."""
+    return all(value <= 0.0 for value in trial.constraints.values())
+
+
+def feasible_completed(trials: Iterable[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
+    """The COMPLETE, feasible trials among ``trials``, in order."""
+    return [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE and is_feasible(t)]
+

@@ -11,8 +11,9 @@ The trial's figure is the aggregate over the window in which all N were measurin
 timed step's start to the earliest last step's end): each instance's work inside it (a step cut by the
 window counts in proportion) over its length. Per-instance figures stay in the outcome's ``instances``.
 The pruner sees, after the k-th timed step of every instance, the slowest instance's k-th step with the
-work of all of them. One instance failing fails the trial with its reason; the timeout and the memory cap
-are for all of them together, and every instance's process group is killed at the end.
+work of all of them. The output-agreement check runs in the first instance. One instance failing fails
+the trial with its reason; the timeout and the memory cap are for all of them together, and every
+instance's process group is killed at the end.
 """
 
 from __future__ import annotations
@@ -56,9 +57,11 @@ class InstanceGroup:
         self.on_step = on_step
         self.on_wait = on_wait
         self.lines: queue.Queue[tuple[int, str | None]] = queue.Queue()
+        # The output-agreement check (TrialConfig.outputs) runs in the first instance only.
         self.children = [
-            _Execution(dataclasses.replace(spec, cpus=slot.cpus, layout=None), workdir / f"instance-{i}", None,
-                       lines=self.lines, tag=i)
+            _Execution(dataclasses.replace(spec, cpus=slot.cpus, layout=None, config=dataclasses.replace(
+                spec.config, outputs=spec.config.outputs and i == 0)),
+                       workdir / f"instance-{i}", None, lines=self.lines, tag=i)
             for i, slot in enumerate(self.layout.slots)
         ]
         self.peak_rss_mb = 0.0
@@ -242,7 +245,7 @@ class InstanceGroup:
             step_seconds=list(steps), median_step_s=summary.median, mad_step_s=summary.mad, cv=summary.cv,
             work_per_step=float(sum(r.work_per_step for r in results)), figures=figures,
             peak_rss_mb=float(sum(r.peak_rss_mb for r in results)),
-            setup_seconds=max(r.setup_seconds for r in results), effective=effective,
+            setup_seconds=max(r.setup_seconds for r in results), effective=effective, outputs=results[0].outputs,
         ), note
 
 

@@ -77,8 +77,8 @@ def _arg_text(value: Any) -> str:
 
 # What the command wrapper's config holds besides the knobs (see _command_params): not knobs, so not part
 # of a configuration's in-process params in records, exports or AUTOTUNE_PARAMS.
-WRAPPER_KEYS = ("command", "check_command", "args", "figure_key", "figure_pattern", "objective", "direction",
-                "cwd")
+WRAPPER_KEYS = ("command", "check_command", "args", "figure_key", "figure_pattern", "quality_key", "quality_pattern",
+                "objective", "direction", "cwd")
 
 
 def knob_params(spec: TrialSpec) -> dict[str, Any]:
@@ -105,6 +105,8 @@ def _command_params(space: SearchSpace, params: dict[str, Any], args: dict[str, 
         "args": args,
         "figure_key": contract.figure_key,
         "figure_pattern": contract.figure_pattern,
+        "quality_key": contract.quality_key,
+        "quality_pattern": contract.quality_pattern,
         "objective": contract.objective.name,
         "direction": contract.objective.direction,
         # Trials run in a temporary folder: the program's relative paths (predict.py, scan.nii.gz) are

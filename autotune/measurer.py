@@ -67,27 +67,31 @@ class Measurer:
         if self.cores is None:
             self.cores = CoreLock.for_host(self.host)
 
-    def spec(self, config: Mapping[str, Any], timed_steps: int | None = None, **params: Any) -> TrialSpec:
+    def spec(
+        self, config: Mapping[str, Any], timed_steps: int | None = None, outputs: bool = False, **params: Any
+    ) -> TrialSpec:
         """How a configuration is launched.
 
         Args:
             config: The complete configuration.
             timed_steps: Exactly this many timed steps (:attr:`autotune.protocol.TrialConfig.timed_steps`).
+            outputs: Ask for the check outputs after the timed steps (:attr:`autotune.protocol.TrialConfig.outputs`).
             params: Added to its in-process config (a profile folder).
         """
         spec = trial_spec(self.space, config, self.host, data_dir=self.data_dir, timeout_s=self.timeout_s,
                           memory_cap_mb=self.memory_cap_mb)
-        if params or timed_steps is not None:
+        if params or timed_steps is not None or outputs:
             spec = dataclasses.replace(spec, config=dataclasses.replace(
-                spec.config, params={**spec.config.params, **params}, timed_steps=timed_steps))
+                spec.config, params={**spec.config.params, **params}, timed_steps=timed_steps, outputs=outputs))
         return spec
 
     def run(
         self, config: Mapping[str, Any], *, on_step: StepCallback | None = None,
-        on_wait: WaitCallback | None = None, timed_steps: int | None = None, **params: Any,
+        on_wait: WaitCallback | None = None, timed_steps: int | None = None, outputs: bool = False,
+        **params: Any,
     ) -> tuple[TrialSpec, TrialOutcome]:
         """Measure one configuration; the caller holds the cores (:meth:`holding`)."""
-        spec = self.spec(config, timed_steps, **params)
+        spec = self.spec(config, timed_steps, outputs, **params)
         return spec, self.runner.run(spec, on_step=on_step, on_wait=on_wait)
 
     @contextlib.contextmanager

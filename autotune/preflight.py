@@ -24,6 +24,8 @@ from autotune.space import REFERENCES, SearchSpace
 # The check reads a whole data folder on its first run (about 1,400 compressed volumes for BraTS 2017),
 # which can take minutes where a trial's timeout is set tight, so it has a limit of its own.
 CHECK_TIMEOUT_S = 1800.0
+# Training the check weights takes minutes on 2 cores (once per recipe and host); a slower host gets room.
+PREPARE_TIMEOUT_S = 3600.0
 
 
 def reference_configs(space: SearchSpace, pins: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -68,3 +70,38 @@ def check_inputs(
                             f"({outcome.outcome.value}: {outcome.reason})")
         found.append(outcome.checked or {})
     return found
+
+
+def prepare_checks(
+    space: SearchSpace,
+    config: Mapping[str, Any],
+    host: HostInfo,
+    *,
+    data_dir: str | None = None,
+    timeout_s: float = PREPARE_TIMEOUT_S,
+    memory_cap_mb: float | None = None,
+    runner: TrialRunner | None = None,
+) -> Mapping[str, Any]:
+    """Make what the output-agreement checks need (check weights, trained once and cached) before a study.
+
+    Runs the workload's prepare mode (``--prepare``) once, on ``config`` (the baseline with the pins), with
+    the host's whole cores. A workload without an agreement reference prepares nothing.
+
+    Returns:
+        What the workload made (its ``prepared`` message): e.g. the weights used and seconds spent.
+
+    Raises:
+        UserError: The workload rejected its check input (a weights file that does not fit the model),
+            or could not prepare it.
+    """
+    if space.agreement is None or space.agreement.reference is None:
+        return {}
+    runner = runner or TrialRunner()
+    spec = trial_spec(space, config, host, data_dir=data_dir, timeout_s=timeout_s, memory_cap_mb=memory_cap_mb)
+    outcome = runner.run(dataclasses.replace(spec, env={}, cpus=None, prepare=True))
+    if outcome.outcome is Outcome.BAD_INPUT:
+        raise UserError(outcome.reason)
+    if outcome.outcome is not Outcome.OK:
+        raise UserError(f"the {space.workload} workload could not prepare its output checks "
+                        f"({outcome.outcome.value}: {outcome.reason})")
+    return {**(outcome.checked or {}), "wall_seconds": round(outcome.wall_seconds, 2)}

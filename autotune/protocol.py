@@ -16,7 +16,17 @@ that process. The child prints protocol messages on stdout, one per line, each a
   several instances); the child then waits for the driver's go (one byte on that descriptor) before it
   times its first step, so that all instances measure together;
 * ``{"kind": "result", ...}`` last, the :class:`TrialResult` record;
-* ``{"kind": "error", "message": ...}`` instead of a result when the trial's input is bad.
+* ``{"kind": "error", "message": ...}`` instead of a result when the trial's input is bad;
+* ``{"kind": "bad_output", "message": ...}`` instead of a result when what the trial measured is unusable
+  (a program that printed no quality figure): the trial ends as ``bad_output`` with that reason.
+
+With ``TrialConfig.outputs`` set, a model workload computes, after its timed steps, its outputs for fixed
+check inputs and fixed check weights with the model and shapes it was timed with, and puts them in the
+result's ``outputs`` (:mod:`autotune.outputs`); the driver compares them with a reference configuration's.
+
+Started with ``--prepare``, the child makes what its checks need and can be cached (a workload's check
+weights, trained once), then prints ``{"kind": "prepared", ...}`` (what it made, how long it took) and
+exits 0, or an ``error`` message and exits 2.
 
 Started with ``--check`` as well, the child measures nothing: it validates the config's values and the
 inputs they name (a data folder, a model file), then prints ``{"kind": "checked", ...}`` (what it
@@ -55,11 +65,13 @@ class Outcome(StrEnum):
     BAD_OUTPUT = "bad_output"
     BAD_INPUT = "bad_input"
     INTERRUPTED = "interrupted"
+    # Measured, but its outputs disagree with the reference beyond the tolerance: never a winner.
+    INACCURATE = "inaccurate"
 
     @property
     def is_failure(self) -> bool:
         """Whether the trial produced no usable figure."""
-        return self not in (Outcome.OK, Outcome.PRUNED)
+        return self not in (Outcome.OK, Outcome.PRUNED, Outcome.INACCURATE)
 
 
 @dataclass(frozen=True)
@@ -72,12 +84,15 @@ class TrialConfig:
             ``data_format``, ``intra_threads``, ``warmup``, ``steps``, ...).
         timed_steps: When set, the driver's order: run exactly this many timed steps, whatever the
             workload's own step knobs say (the confirmation stage's shorter runs). The harness obeys it.
+        outputs: The driver's order to compute the check outputs after the timed steps and send them in
+            the result (:mod:`autotune.outputs`); a workload that cannot sends none.
         schema: Protocol schema version.
     """
 
     workload: str
     params: dict[str, Any]
     timed_steps: int | None = None
+    outputs: bool = False
     schema: int = SCHEMA_VERSION
 
     def to_json(self) -> str:
@@ -98,7 +113,11 @@ class TrialConfig:
         steps = data.get("timed_steps")
         if steps is not None and not (isinstance(steps, int) and not isinstance(steps, bool) and steps > 0):
             raise ProtocolError("trial config's 'timed_steps' must be a positive integer")
-        return cls(workload=data["workload"], params=data["params"], timed_steps=steps, schema=data["schema"])
+        outputs = data.get("outputs", False)
+        if not isinstance(outputs, bool):
+            raise ProtocolError("trial config's 'outputs' must be true or false")
+        return cls(workload=data["workload"], params=data["params"], timed_steps=steps, outputs=outputs,
+                   schema=data["schema"])
 
 
 @dataclass(frozen=True)
@@ -124,6 +143,7 @@ class TrialResult:
         peak_rss_mb: Peak resident set size of the trial process, MiB.
         setup_seconds: Time from process start to the first warm-up step (import, data, build).
         effective: What the process observed: threads, affinity, oneDNN state, versions, layout.
+        outputs: The check outputs (:mod:`autotune.outputs` payload) when the config asked for them.
         schema: Protocol schema version.
     """
 
@@ -139,6 +159,7 @@ class TrialResult:
     peak_rss_mb: float
     setup_seconds: float
     effective: dict[str, Any] = field(default_factory=dict)
+    outputs: dict[str, Any] = field(default_factory=dict)
     schema: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:
@@ -158,7 +179,7 @@ class TrialResult:
             raise ProtocolError("trial result is not a JSON object")
         _check_schema(data, "trial result")
         names = {f.name for f in fields(cls)}
-        missing = sorted(n for n in names if n not in data and n not in ("effective", "schema"))
+        missing = sorted(n for n in names if n not in data and n not in ("effective", "outputs", "schema"))
         if missing:
             raise ProtocolError(f"trial result is missing {', '.join(missing)}")
         try:
@@ -181,7 +202,7 @@ def _field_ok(name: str, value: Any) -> bool:
         return isinstance(value, str)
     if name == "figures":
         return isinstance(value, dict) and all(isinstance(k, str) and _is_number(v) for k, v in value.items())
-    if name in ("params", "effective"):
+    if name in ("params", "effective", "outputs"):
         return isinstance(value, dict)
     if name in ("warmup_seconds", "step_seconds"):
         return isinstance(value, list | tuple) and all(_is_number(t) for t in value)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import optuna
 from optuna.pruners import BasePruner
 
+from autotune.feasible import feasible_completed
+
 # "Clearly slower": below half the best throughput. Trials closer than that are measured in full,
 # since a few noisy steps cannot rank configurations within a factor of two reliably.
 DEFAULT_FRACTION = 0.5
@@ -41,7 +43,8 @@ class BestFractionPruner(BasePruner):
         """Optuna's pruner hook."""
         if not trial.intermediate_values or len(trial.intermediate_values) < self.n_warmup_steps:
             return False
-        completed = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        # An inaccurate trial's speed is no yardstick: it can never win.
+        completed = feasible_completed(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
         if not completed:
             return False
         values = [t.value for t in completed if t.value is not None]

@@ -18,6 +18,8 @@ from typing import Any
 import optuna
 from rich.table import Table
 
+from autotune import agreement_report
+from autotune.agreement_report import SETUP_ATTR as AGREEMENT_ATTR
 from autotune.calibrate import Calibration
 from autotune.confirm import CONFIRMATION_ATTR, ESTIMATE, Confirmation, describe, paired_speedup
 from autotune.console import console, format_figure
@@ -43,6 +45,9 @@ OBJECTIVE_ATTR = "objective"
 # reader finds every field it knew). Both are read.
 BEST_SCHEMA = 2
 READABLE_BEST_SCHEMAS = (1, 2)
+NO_ACCURATE_TEXT = ("No configuration met the output-agreement tolerance: there is no winner to confirm or export. "
+                    "The baseline and vendor figures above are as measured; loosen a bound with --tolerance "
+                    "(another study) if the one in force is stricter than the job needs.")
 PAIRED = "paired rounds"
 WITHIN_PROCESS = "within one process each"
 WITHIN_PROCESS_CAVEAT = "within one process each: says nothing about re-runs"
@@ -115,6 +120,11 @@ class StudySummary:
         conditions: The ``when`` conditions of conditional knobs, to show only the knobs a config uses.
         objective: The figure the study tuned (:func:`study_objective`).
         figure_units: The extra figures the workload declares, name -> unit (shown beside the objective).
+        agreement: The study's output-agreement set-up (reference, bounds, check weights), or None when
+            the workload declares no check.
+        inaccurate: ``(trial number, reason)`` of configurations measured but outside the tolerance.
+        time_by_outcome: Wall seconds of the study's measured trials (the search stage, references
+            included) by how they ended: ``completed``, ``pruned``, ``failed``.
     """
 
     study: str
@@ -131,6 +141,9 @@ class StudySummary:
     peak_bf16_gflops_per_s: float | None = None
     objective: Objective = field(default_factory=lambda: Objective("value", "", "maximize"))
     figure_units: Mapping[str, str] = field(default_factory=dict)
+    agreement: Mapping[str, Any] | None = None
+    inaccurate: list[tuple[int, str]] = field(default_factory=list)
+    time_by_outcome: Mapping[str, float] = field(default_factory=dict)
 
     @property
     def metric_name(self) -> str:
@@ -156,12 +169,12 @@ def summarize_study(
     """
     objective = study_objective(study, space)
     trials = study.get_trials(deepcopy=False)
-    ok = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE and "repeat_of" not in t.user_attrs]
+    measured = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE and "repeat_of" not in t.user_attrs]
     configs: dict[str, dict[str, Any] | None] = {}
-    for role in ("baseline", "vendor_recommended"):
-        matching = [t for t in ok if t.user_attrs.get("role") == role]
+    for role in ("baseline", "vendor_recommended"):  # references are reported even when inaccurate
+        matching = [t for t in measured if t.user_attrs.get("role") == role]
         configs[role] = _record(matching[0]) if matching else None
-    feasible = [t for t in ok if is_feasible(t)]
+    feasible = [t for t in measured if is_feasible(t)]
     best = (max if objective.maximize else min)(feasible, key=lambda t: t.value) if feasible else None
     configs["best"] = _record(best) if best else None
     speedups = {
@@ -205,7 +218,34 @@ def summarize_study(
             "gemm_peak_gflops_per_s"),
         peak_bf16_gflops_per_s=calibration.bfloat16_peak_gflops_per_s if calibration else study.user_attrs.get(
             "gemm_peak_bf16_gflops_per_s"),
+        agreement=study.user_attrs.get(AGREEMENT_ATTR),
+        inaccurate=[(t.number, str(t.user_attrs.get("reason", ""))) for t in measured if not is_feasible(t)],
+        time_by_outcome=_time_by_outcome(trials),
     )
+
+
+def _time_by_outcome(trials: Sequence[optuna.trial.FrozenTrial]) -> dict[str, float]:
+    spent = {"completed": 0.0, "pruned": 0.0, "failed": 0.0}
+    for trial in trials:
+        wall = trial.user_attrs.get("wall_seconds")
+        if "repeat_of" in trial.user_attrs or not isinstance(wall, int | float):
+            continue
+        kind = {optuna.trial.TrialState.COMPLETE: "completed",
+                optuna.trial.TrialState.PRUNED: "pruned"}.get(trial.state, "failed")
+        spent[kind] += float(wall)
+    return spent
+
+
+def search_time_text(spent: Mapping[str, float]) -> str:
+    """Where the search's trial time went, e.g. ``search trial time 687 s: 267 s completed, 420 s (61%) pruned``."""
+    total = sum(spent.values())
+    if total <= 0:
+        return ""
+    parts = [f"{spent.get('completed', 0.0):.0f} s completed"]
+    for kind in ("pruned", "failed"):
+        if spent.get(kind):
+            parts.append(f"{spent[kind]:.0f} s ({spent[kind] / total:.0%}) {kind}")
+    return f"search trial time {total:.0f} s (references included): " + ", ".join(parts)
 
 
 def stored_host(study: optuna.Study) -> HostInfo | None:
@@ -319,6 +359,10 @@ def best_document(summary: StudySummary) -> dict[str, Any]:
         **{role: _entry(summary.configs.get(role)) for role in ROLES},
         "speedup": {name: None if s is None else speedup_entry(s) for name, s in summary.speedups.items()},
         "trials": dict(summary.counts),
+        "agreement": None if summary.agreement is None else {
+            **summary.agreement,
+            "inaccurate": [{"trial": n, "reason": why} for n, why in summary.inaccurate],
+        },
         "figures": {role: role_figures(summary, role) for role in ROLES},
         "gemm_peak_gflops_per_s": summary.peak_gflops_per_s,
         "gemm_peak_bf16_gflops_per_s": summary.peak_bf16_gflops_per_s,
@@ -354,7 +398,7 @@ def _entry(record: Mapping[str, Any] | None) -> dict[str, Any] | None:
     if record is None:
         return None
     keys = ("trial", "role", "config", "env", "params", "cpus", "instances", "instance_figures", "step_seconds",
-            "effective", *FIGURES)
+            "effective", "agreement", *FIGURES)
     return {**{key: record.get(key) for key in keys}, **figures_of(record)}
 
 
@@ -448,7 +492,8 @@ def table_rows(summary: StudySummary) -> list[list[str]]:
         record = summary.configs.get(role)
         values = role_figures(summary, role)
         if record is None or values is None:
-            rows.append([role, "-", "(no successful trial)", *["-"] * len(names), "-", "-"])
+            rows.append([role, "-", _missing(summary, role), *["-"] * len(names), "-", "-",
+                         *(["-"] if summary.agreement else [])])
             continue
         share = values["share_of_peak"]
         speedup = values["speedup_vs_baseline"]
@@ -461,6 +506,7 @@ def table_rows(summary: StudySummary) -> list[list[str]]:
             *(format_figure(values.get(name)) for name in names),
             "-" if share is None else f"{share:.1%}",
             "1.00x" if role == "baseline" else "-" if speedup is None else f"{speedup:.2f}x",
+            *([agreement_report.cell(record)] if summary.agreement else []),
         ])
     return rows
 
@@ -474,7 +520,8 @@ def headers(summary: StudySummary) -> list[str]:
     """Column titles of the end table, each figure with its unit."""
     units = {**summary.figure_units, summary.objective.name: summary.objective.unit}
     return ["config", "trial", "knobs (vs baseline)",
-            *(_column_title(name, units.get(name, "")) for name in figure_columns(summary)), "of peak", "speedup"]
+            *(_column_title(name, units.get(name, "")) for name in figure_columns(summary)), "of peak", "speedup",
+            *(["outputs vs reference"] if summary.agreement else [])]
 
 
 def _column_title(name: str, unit: str) -> str:
@@ -505,6 +552,14 @@ def print_summary(
         if speedup is not None:
             console.print(f"best speedup {name.replace('_', ' ')}: {speedup.text()}; {speedup.basis}")
     console.print(estimand(summary))
+    if summary.best is None and summary.inaccurate:
+        console.print(NO_ACCURATE_TEXT)
+    if line := agreement_report.run_line(stats):
+        console.print(line)
+    run_spent = {"completed": stats.get("ok_wall_s", 0.0), "pruned": stats.get("pruned_wall_s", 0.0),
+                 "failed": stats.get("failed_wall_s", 0.0)}
+    if text := search_time_text(run_spent):
+        console.print(f"this run's {text}")
     counts = ", ".join(f"{n} {k}" for k, n in sorted(summary.counts.items()))
     console.print(
         f"this run: {stats.get('run', 0)} trials measured, {stats.get('repeats', 0)} repeats answered from storage, "
@@ -567,9 +622,14 @@ def report_sections(
     ]
     facts.append(estimand(summary))
     facts.append(f"Trials: {', '.join(f'{n} {k}' for k, n in sorted(summary.counts.items()))}.")
+    if spent := search_time_text(summary.time_by_outcome):
+        facts.append(spent[0].upper() + spent[1:] + ".")
     facts.append(f"Knobs searched: {', '.join(summary.searched) or 'none'}.")
+    if summary.best is None and summary.inaccurate:
+        facts.insert(0, NO_ACCURATE_TEXT)
     sections = [opening, Section(title="", text=facts, bullets=True)]
     sections.append(_changes(summary))
+    sections.append(agreement_report.section(summary.agreement, summary.configs, summary.inaccurate))
     if figures is not None:
         sections.append(_importance(figures))
         shown = [t for t in figures.html if t not in ("Knob importances",)]
@@ -587,6 +647,12 @@ def report_sections(
             rows=[[str(n), o, r] for n, o, r in summary.failures],
         ))
     return sections
+
+
+def _missing(summary: StudySummary, role: str) -> str:
+    if role == "best" and summary.inaccurate:
+        return "(none within the output-agreement tolerance)"
+    return "(no successful trial)"
 
 
 def _peaks_text(summary: StudySummary) -> str:

@@ -70,6 +70,7 @@ class TrialSpec:
         layout: Run several instances on disjoint cores (:mod:`autotune.instances`); ``cpus`` is then unused.
         objective: The objective's figure name, which several instances add up over their common window.
         rates: Other figures that are rates (per second), added up like the objective.
+        prepare: Run the workload's prepare mode (``--prepare``: make and cache what output checks need).
     """
 
     module: str
@@ -83,6 +84,7 @@ class TrialSpec:
     layout: Layout | None = None
     objective: str | None = None
     rates: tuple[str, ...] = ()
+    prepare: bool = False
 
 
 @dataclass(frozen=True)
@@ -99,7 +101,8 @@ class TrialOutcome:
         returncode: The child's exit status (negative: killed by that signal).
         peak_rss_mb: Peak resident memory of the process tree the runner saw.
         stderr_tail: The last characters of the child's stderr.
-        checked: What a check-mode child reported (its ``checked`` message), else None.
+        checked: What a check-mode child reported (its ``checked`` message; ``prepared`` in prepare
+            mode), else None.
         planned_steps: Timed steps the child said it would run (its ``plan``, else its ``setup``), if any.
         instances: With several instances, each one's record (index, CPUs, memory nodes, figures).
     """
@@ -135,7 +138,7 @@ class TrialRunner:
             The outcome; this method does not raise for anything the child does.
         """
         with tempfile.TemporaryDirectory(prefix="autotune-trial-") as workdir:
-            if spec.layout is not None and spec.layout.instances > 1 and not spec.check:
+            if spec.layout is not None and spec.layout.instances > 1 and not (spec.check or spec.prepare):
                 from autotune.instances import InstanceGroup
 
                 return InstanceGroup(spec, Path(workdir), on_step, on_wait).run()
@@ -198,7 +201,7 @@ class _Execution:
         with open(self.workdir / "stderr.txt", "wb") as stderr:
             proc = subprocess.Popen(
                 [*(prefix or []), self.spec.python, "-m", self.spec.module, "--config", str(config_path),
-                 *(["--check"] if self.spec.check else [])],
+                 *(["--check"] if self.spec.check else []), *(["--prepare"] if self.spec.prepare else [])],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=stderr,
@@ -290,11 +293,13 @@ class _Execution:
                 self.bad_output = str(exc)
         elif kind == "error":
             self.error = str(message.get("message", "bad input"))
+        elif kind == "bad_output":
+            return Outcome.BAD_OUTPUT, str(message.get("message") or "the workload found its output unusable")
         elif kind == "plan":
             steps = message.get("steps")
             if isinstance(steps, int) and not isinstance(steps, bool) and steps > 0:
                 self.planned_steps = steps
-        elif kind == "checked":
+        elif kind in ("checked", "prepared"):
             self.checked = {k: v for k, v in message.items() if k != "kind"}
         elif kind == "ready":
             self.ready = True
@@ -324,7 +329,7 @@ class _Execution:
             return TrialOutcome(stop[0], reason=stop[1], **common)
         if self.error is not None:
             return TrialOutcome(Outcome.BAD_INPUT, reason=self.error, **common)
-        if self.spec.check and self.checked is not None and returncode == 0:
+        if (self.spec.check or self.spec.prepare) and self.checked is not None and returncode == 0:
             return TrialOutcome(Outcome.OK, checked=self.checked, **common)
         if self.result is not None and self.bad_output is None:
             # The result is the trial's final record; a hang or crash at interpreter exit after it

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from autotune.contract import Contract, ContractError, Objective, argv, parse_contract
 from autotune.errors import UserError
+from autotune.tolerance import AgreementSpec, ToleranceError, parse_agreement
 
 if TYPE_CHECKING:
     import optuna
@@ -237,6 +238,7 @@ class SearchSpace:
         path: The file it was read from.
         contract: The workload's declared contract (how it starts, its objective, its figures).
         facts: The host facts it was resolved with (instance layouts are bounded by them).
+        agreement: Its output-agreement check and tolerances (``[agreement]``), or None.
     """
 
     workload: str
@@ -246,6 +248,7 @@ class SearchSpace:
     path: Path | None = None
     contract: Contract | None = None
     facts: HostFacts | None = None
+    agreement: AgreementSpec | None = None
 
     @property
     def objective(self) -> Objective:
@@ -388,6 +391,16 @@ class SearchSpace:
                     base[knob_name] = per
         return self.configure(pins, base=base)
 
+    def agreement_reference(self, config: Mapping[str, Any], pins: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The exact configuration ``config``'s outputs are compared with (see :mod:`autotune.tolerance`).
+
+        Defaults, then the pins, then ``config``'s values of the agreement's shape knobs, then its
+        reference values.
+        """
+        assert self.agreement is not None and self.agreement.reference is not None
+        shape = {name: config[name] for name in self.agreement.shape}
+        return self.configure(self.agreement.reference, base={**(pins or {}), **shape})
+
     def suggest(self, trial: optuna.Trial, pins: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Build a configuration inside an Optuna trial (define-by-run).
 
@@ -510,12 +523,12 @@ def load_space(path: Path, facts: HostFacts) -> SearchSpace:
         raise SpaceError(f"{path}: not valid TOML: {exc}") from None
     try:
         return _build_space(data, facts, Path(path))
-    except (SpaceError, ContractError) as exc:
+    except (SpaceError, ContractError, ToleranceError) as exc:
         raise SpaceError(f"{path}: {exc}") from None
 
 
 def _build_space(data: dict[str, Any], facts: HostFacts, path: Path) -> SearchSpace:
-    _only_keys(data, {"workload", "knobs", *REFERENCES}, "top level")
+    _only_keys(data, {"workload", "knobs", "agreement", *REFERENCES}, "top level")
     workload = _table(data, "workload")
     contract = parse_contract(workload)
     name, module = contract.name, contract.module
@@ -552,8 +565,9 @@ def _build_space(data: dict[str, Any], facts: HostFacts, path: Path) -> SearchSp
             except SpaceError as exc:
                 raise SpaceError(f"{ref}.{exc}") from None
         references[ref] = resolved
+    agreement = parse_agreement(data["agreement"], knobs) if "agreement" in data else None
     return SearchSpace(workload=name, module=module, knobs=knobs, references=references, path=path,
-                       contract=contract, facts=facts)
+                       contract=contract, facts=facts, agreement=agreement)
 
 
 def _check_placeholders(contract: Contract, knobs: Mapping[str, Knob]) -> None:

@@ -4,7 +4,7 @@ A workload module provides ``run(params, reporter) -> dict`` that prepares its d
 :meth:`Reporter.time_steps` with its step function, and returns the workload-specific figures
 (voxels per step, FLOPs per step, effective settings). :func:`main` wraps it into the process entry point:
 it reads the JSON config, reports every step and the final result on stdout, and turns bad input into an
-``error`` message with exit status 2.
+``error`` message with exit status 2, and unusable output into a ``bad_output`` message with exit status 3.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from autotune.measure import summarize
 from autotune.protocol import BARRIER_VARIABLE, ProtocolError, TrialConfig, TrialResult, encode_message
 
 EXIT_BAD_INPUT = 2
+EXIT_BAD_OUTPUT = 3
 # Fewest timed steps a calibrated trial runs: a median of fewer says nothing about spread.
 MIN_CALIBRATED_STEPS = 3
 PROCESS_START = time.perf_counter()
@@ -32,17 +33,24 @@ class BadInput(Exception):
     """A trial config or data the workload cannot run; the message is one line."""
 
 
+class BadOutput(Exception):
+    """What a trial measured cannot be used (a quality figure missing); the message is one line."""
+
+
 class Reporter:
     """Emits protocol messages for one trial and times its steps.
 
     ``timed_steps``, the driver's order from the trial config, fixes the number of timed steps of
-    :meth:`time_steps` whatever the workload's own knobs say.
+    :meth:`time_steps` whatever the workload's own knobs say. ``outputs_wanted``, also the driver's
+    order, asks the workload to compute its check outputs after the timed steps (:mod:`autotune.outputs`)
+    and pass them to :func:`build_result`.
     """
 
-    def __init__(self, stream=None, timed_steps: int | None = None) -> None:
+    def __init__(self, stream=None, timed_steps: int | None = None, outputs_wanted: bool = False) -> None:
         self._stream = stream or sys.stdout
         self.setup_seconds = 0.0
         self.timed_steps = timed_steps
+        self.outputs_wanted = outputs_wanted
 
     def emit(self, kind: str, **payload: Any) -> None:
         """Write one protocol message and flush it, so the driver sees it at once."""
@@ -156,6 +164,7 @@ def build_result(
     setup_seconds: float,
     effective: dict[str, Any],
     extra: dict[str, float] | None = None,
+    outputs: dict[str, Any] | None = None,
 ) -> TrialResult:
     """Compute the figures of a trial from its step times.
 
@@ -171,6 +180,7 @@ def build_result(
         setup_seconds: Time to the first warm-up step.
         effective: What the process observed.
         extra: Further figures of the workload's own.
+        outputs: The check outputs (:mod:`autotune.outputs` payload), when the driver asked for them.
     """
     summary = summarize(step_seconds)
     median = summary.median
@@ -195,6 +205,7 @@ def build_result(
         peak_rss_mb=peak_rss_mb(),
         setup_seconds=setup_seconds,
         effective=effective,
+        outputs=outputs or {},
     )
 
 
@@ -235,8 +246,9 @@ def main(
     workload: str | None,
     run: Callable[[dict[str, Any], Reporter], TrialResult],
     check: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    prepare: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
 ) -> int:
-    """Process entry point of a workload: ``python -m workloads.<name> --config FILE [--check]``.
+    """Process entry point of a workload: ``python -m workloads.<name> --config FILE [--check|--prepare]``.
 
     Args:
         workload: The workload's name, checked against the config; None accepts any name (the command
@@ -244,14 +256,18 @@ def main(
         run: Runs the trial and returns its result record.
         check: With ``--check``, validates the config's values and the inputs without measuring and
             returns what it found (sent as the ``checked`` message); None checks the config alone.
+        prepare: With ``--prepare``, makes and caches what the output checks need (check weights) and
+            returns what it made (sent as the ``prepared`` message); None has nothing to prepare.
 
     Returns:
-        The exit status: 0 on success, 2 on bad input. Other failures raise, so the driver sees
-        the traceback on stderr and a non-zero status.
+        The exit status: 0 on success, 2 on bad input, 3 on bad output. Other failures raise, so the
+        driver sees the traceback on stderr and a non-zero status.
     """
     parser = argparse.ArgumentParser(prog=f"python -m workloads.{workload}" if workload else None)
     parser.add_argument("--config", required=True, help="trial config JSON file")
     parser.add_argument("--check", action="store_true", help="check the config and inputs, measure nothing")
+    parser.add_argument("--prepare", action="store_true",
+                        help="make and cache what the output checks need (check weights), measure nothing")
     args = parser.parse_args()
     reporter = Reporter()
     try:
@@ -262,14 +278,21 @@ def main(
         reporter.emit("error", message=one_line(exc))
         return EXIT_BAD_INPUT
     reporter.timed_steps = config.timed_steps
+    reporter.outputs_wanted = config.outputs
     try:
         if args.check:
             reporter.emit("checked", **(check(dict(config.params)) if check else {}))
+            return 0
+        if args.prepare:
+            reporter.emit("prepared", **(prepare(dict(config.params)) if prepare else {}))
             return 0
         result = run(dict(config.params), reporter)
     except BadInput as exc:
         reporter.emit("error", message=one_line(exc))
         return EXIT_BAD_INPUT
+    except BadOutput as exc:
+        reporter.emit("bad_output", message=one_line(exc))
+        return EXIT_BAD_OUTPUT
     reporter.emit("result", **result.to_dict())
     return 0
 

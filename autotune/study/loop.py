@@ -18,6 +18,7 @@ from typing import Any
 import optuna
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from autotune.agreement import CONSTRAINT, AgreementGuard, violation
 from autotune.confirm import (
     estimate_seconds,
     rerun_seconds,
@@ -52,10 +53,11 @@ class SearchLoop:
         self.space = measurer.space
         self.pins = pins
         self.study = study
-        self.stats = {"run": 0, "repeats": 0, "pruned": 0, "failed": 0, "time_saved_s": 0.0,
-                      "elapsed_s": 0.0}
+        self.stats = {"run": 0, "repeats": 0, "pruned": 0, "failed": 0, "inaccurate": 0, "time_saved_s": 0.0,
+                      "elapsed_s": 0.0, "check_s": 0.0}
         self.seen = self._measured()
         self.asked: optuna.Trial | None = None
+        self.guard = AgreementGuard(study, measurer, pins, self.space.agreement) if self.space.agreement else None
 
     def _measured(self) -> dict[tuple, optuna.trial.FrozenTrial]:
         seen = {}
@@ -182,9 +184,19 @@ class SearchLoop:
             work = float(setup.get("work_per_step") or 0)
             return warmup_too_slow(waited, best_step_seconds(work, best_before, objective.maximize))
 
+        verdict = None
         with self._cores(trial, progress, task) as held:
-            spec, outcome = self.measurer.run(config, on_step=on_step, on_wait=on_wait)
+            wants = self.guard is not None and self.guard.wants_outputs
+            spec, outcome = self.measurer.run(config, on_step=on_step, on_wait=on_wait, outputs=wants)
+            if self.guard is not None and outcome.outcome is Outcome.OK and outcome.result is not None:
+                progress.update(task, status="judging its outputs against the reference")
+                verdict = self.guard.judge(config, outcome.result.outputs, outcome.result.figures)
         record = trial_record(config, spec, outcome, self.measurer.host)
+        kind = "pruned" if outcome.outcome is Outcome.PRUNED else "ok" if outcome.outcome is Outcome.OK else "failed"
+        self.stats[f"{kind}_wall_s"] = self.stats.get(f"{kind}_wall_s", 0.0) + outcome.wall_seconds
+        if verdict is not None:
+            record["agreement"] = verdict.to_dict()
+            self.stats["check_s"] += _check_seconds(record)
         record["cores_wait_s"] = round(held.waited_s, 3)
         record["cores_held"] = [round(held.start, 3), round(held.end, 3)]
         if outcome.outcome is Outcome.PRUNED and outcome.step_seconds:
@@ -206,6 +218,14 @@ class SearchLoop:
             self.stats["failed"] += 1
             line = f"trial {trial.number}: {outcome_name}: {record['reason']}"
         elif outcome.outcome is Outcome.OK:
+            if verdict is not None:
+                trial.set_constraint(CONSTRAINT, violation(verdict))
+            if verdict is not None and not verdict.ok:
+                record["outcome"], record["reason"] = Outcome.INACCURATE.value, verdict.reason
+                trial.set_user_attr("outcome", record["outcome"])
+                trial.set_user_attr("reason", record["reason"])
+                self.stats["inaccurate"] += 1
+                line = f"trial {trial.number}: {Outcome.INACCURATE.value}: {verdict.reason}"
             if (excess := self._latency_excess(record)) is not None:
                 trial.set_constraint("latency", excess)
                 if excess > 0:
@@ -279,6 +299,8 @@ class SearchLoop:
         trial.set_user_attr("outcome", "repeat")
         trial.set_user_attr("reason", f"same configuration as trial {earlier.number}; not measured again")
         self.stats["repeats"] += 1
+        for name, value in earlier.constraints.items():  # an inaccurate configuration stays infeasible
+            trial.set_constraint(name, value)
         if earlier.state == optuna.trial.TrialState.COMPLETE:
             self.study.tell(trial, earlier.value)
         else:
@@ -299,7 +321,7 @@ class SearchLoop:
 
     def _best_value(self) -> float | None:
         try:
-            return self.study.best_value
+            return self.study.best_value  # feasible trials only, when any has constraints
         except ValueError:
             return None
 
@@ -309,3 +331,9 @@ class SearchLoop:
     def _describe(self, config: Mapping[str, Any]) -> str:
         shown = [n for n in self.space.searched(self.pins) if self.space.knobs[n].active(config)]
         return " ".join(f"{n}={config[n]}" for n in shown)
+
+
+def _check_seconds(record: Mapping[str, Any]) -> float:
+    """Seconds the trial spent computing its check outputs, as the workload reported them."""
+    value = record.get("check_seconds", (record.get("effective") or {}).get("check_seconds"))
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0

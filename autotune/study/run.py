@@ -9,6 +9,7 @@ from typing import Any
 
 import optuna
 
+from autotune.agreement import record_agreement_setup
 from autotune.confirm import (
     CONFIRMATION_ATTR,
 )
@@ -43,8 +44,12 @@ def run_study(
     space: SearchSpace,
     pins: Mapping[str, Any],
     runner: TrialRunner | None = None,
+    prepared: Mapping[str, Any] | None = None,
 ) -> int:
     """Run (or resume) a study and write its outputs.
+
+    ``prepared`` is what the workload's prepare mode made for the output checks (the check weights, how
+    long training them took): stored in the study so that the report says which weights were used.
 
     Returns:
         The exit status: 0 when the study ran, 1 when no trial succeeded, 130 when interrupted.
@@ -65,6 +70,7 @@ def run_study(
     if not options.wait_for_cores:
         check_cores_free(measurer)
     study = open_shared_study(options, name, host, space, pins)
+    record_agreement_setup(study, space, prepared or {})
     started = time.monotonic()
     calibration = host_calibration(host, study)
     loop = SearchLoop(options, pins, study, measurer)
@@ -81,6 +87,10 @@ def run_study(
     if options.profile and not interrupted and summary.best is not None:
         interrupted = profile_references(study, measurer, report_dir)
     loop.stats["elapsed_s"] = time.monotonic() - started
+    if loop.guard is not None:
+        loop.stats.update(references=loop.guard.stats.references, reference_s=loop.guard.stats.reference_seconds)
+    if prepared and prepared.get("trained"):
+        loop.stats["weights_training_s"] = float(prepared.get("seconds") or 0.0)
     try:
         if options.full_report:
             write_report(summary, study, report_dir)

@@ -37,6 +37,8 @@ from autotune.study.storage import redact, storage_errors, storage_url
 TPE_STARTUP_TRIALS = 4
 # Study user attribute: reference roles that resolve to the configuration of an earlier one on this host.
 SAME_ATTR = "same_configuration"
+# Study user attribute: the user's --tolerance items (a list, empty for the space's own bounds).
+TOLERANCE_ATTR = "tolerance_overrides"
 
 
 def default_study_name(space: SearchSpace, pins: Mapping[str, Any], host: HostInfo) -> str:
@@ -55,6 +57,8 @@ def default_study_name(space: SearchSpace, pins: Mapping[str, Any], host: HostIn
         "command": list(space.contract.command or ()) if space.contract else [],
         "files": files,
     }
+    if space.agreement is not None and space.agreement.overrides:  # a tolerance of the user's is another study
+        identity["tolerance"] = list(space.agreement.overrides)
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:8]
     labels = [str(pins.get(k, space.knobs[k].default)) for k in (space.contract.label if space.contract else ())]
     return "-".join([space.workload, *labels, digest])
@@ -182,6 +186,19 @@ def _check_pins(study: optuna.Study, space: SearchSpace, pins: Mapping[str, Any]
     elif recorded != wanted:
         shown = " ".join(f"--set {k}={v}" for k, v in recorded.items()) or "no --set"
         raise UserError(f"study {study.study_name!r} was started with {shown}; use the same or another --study")
+    _check_tolerance(study, space)
+
+
+def _check_tolerance(study: optuna.Study, space: SearchSpace) -> None:
+    """Record the user's tolerance overrides once; a run with others is another study."""
+    wanted = list(space.agreement.overrides) if space.agreement is not None else []
+    recorded = study.user_attrs.get(TOLERANCE_ATTR)
+    if recorded is None:
+        study.set_user_attr(TOLERANCE_ATTR, wanted)
+    elif recorded != wanted:
+        shown = " ".join(f"--tolerance {t}" for t in recorded) or "no --tolerance"
+        raise UserError(f"study {study.study_name!r} was started with {shown}; a tolerance is part of the study: "
+                        "use the same or another --study")
 
 
 def _check_latency_bound(study: optuna.Study, space: SearchSpace, bound: float | None) -> None:

@@ -61,6 +61,10 @@ def confirm_stage(options: RunOptions, study: optuna.Study, measurer: Measurer) 
     candidates = candidates_of(study, space, options.confirm_top)
     if not candidates:
         return False
+    if not any(c.finalist for c in candidates):
+        console.print("confirmation: skipped: no measured configuration met the output-agreement tolerance, "
+                      "so there is no winner to confirm (the report lists each one's failed figure)")
+        return False
     finalists = finalists_of(candidates)
     selecting = len(finalists) > 1 and options.confirm_select_rounds > 0
     if selecting:

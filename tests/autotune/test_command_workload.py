@@ -221,6 +221,21 @@ def test_the_bundled_space_builds_the_wrapper_config(host: HostInfo, tmp_path: P
     assert vendor.cpus is not None
 
 
+def test_the_quality_figure_reaches_the_wrapper_config_not_the_knobs(host: HostInfo, tmp_path: Path) -> None:
+    from autotune.launch import knob_params
+    from autotune.protocol import TrialConfig
+    from autotune.runner import TrialSpec
+
+    text = SPACE.replace('figure_key = "items_per_s"', 'figure_key = "items_per_s"\nquality_key = "accuracy"\n'
+                         "quality_pattern = 'accuracy: ([0-9.]+)'")
+    (tmp_path / "space.toml").write_text(text)
+    space = load_space(tmp_path / "space.toml", HostFacts.of(host))
+    params = launch_for(space, space.reference("baseline", {}), host).params
+    assert (params["quality_key"], params["quality_pattern"]) == ("accuracy", "accuracy: ([0-9.]+)")
+    spec = TrialSpec(module="workloads.command", config=TrialConfig("sleepy", params), timeout_s=1)
+    assert not {"quality_key", "quality_pattern"} & set(knob_params(spec))
+
+
 def test_a_command_space_may_name_the_wrapper_module_beside_its_command() -> None:
     table = {"name": "predict", "command": ["python", "p.py"],
              "objective": {"name": "runs_per_s", "unit": "runs/s"}}

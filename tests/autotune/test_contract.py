@@ -31,6 +31,13 @@ def test_a_command_workload_runs_under_the_wrapper():
 
     assert contract.is_command and contract.module == COMMAND_MODULE
     assert contract.placeholders() == {"batch"}
+    assert (contract.quality_key, contract.quality_pattern) == (None, None)
+
+
+def test_a_command_workload_may_declare_a_quality_figure():
+    contract = parse_contract({"name": "job", "command": ["python", "run.py"], "objective": OBJECTIVE,
+                               "quality_key": "accuracy", "quality_pattern": r"accuracy: ([0-9.]+)"})
+    assert (contract.quality_key, contract.quality_pattern) == ("accuracy", r"accuracy: ([0-9.]+)")
 
 
 @pytest.mark.parametrize(("table", "message"), [
@@ -47,6 +54,14 @@ def test_a_command_workload_runs_under_the_wrapper():
      "needs exactly one group"),
     ({"name": "job", "command": ["x"], "objective": OBJECTIVE, "figure_pattern": "("}, "not a regular expression"),
     ({"name": "job", "objective": OBJECTIVE}, "workload.module: missing"),
+    ({"name": "job", "module": "workloads.fake", "objective": OBJECTIVE, "quality_key": "accuracy"},
+     "only for a command workload"),
+    ({"name": "job", "command": ["x"], "objective": OBJECTIVE, "quality_pattern": "acc ([0-9.]+)"},
+     "workload.quality_pattern: name the figure it reads with quality_key"),
+    ({"name": "job", "command": ["x"], "objective": OBJECTIVE, "quality_key": "top-1"}, "not a figure name"),
+    ({"name": "job", "command": ["x"], "objective": OBJECTIVE, "quality_key": "acc", "quality_pattern": "acc"},
+     "workload.quality_pattern: needs exactly one group"),
+    ({"name": "job", "command": ["x"], "objective": OBJECTIVE, "quality_key": "samples_per_s"}, "is the objective"),
     ({"name": "job", "module": "workloads.fake", "objective": OBJECTIVE, "shell": True}, "unknown key 'shell'"),
 ])
 def test_bad_contracts_name_the_key(table, message):

@@ -183,5 +183,5 @@ def test_outcome_values_are_stable_text() -> None:
     assert json.dumps(Outcome.OK) == '"ok"'
     assert {o.value for o in Outcome} == {
         "ok", "pruned", "crashed", "timed_out", "out_of_memory", "bad_output", "bad_input",
-        "interrupted",
+        "interrupted", "inaccurate",
     }

@@ -19,6 +19,12 @@ Every other number the program prints in ``@autotune`` objects becomes a figure 
 the timed runs), so a program may report ``samples_per_s`` beside its objective. The wrapper invents
 no per-sample figures it cannot know; ``wall_seconds_per_run`` is always there.
 
+A quality figure (``quality_key``, optionally read by ``quality_pattern``; see :mod:`autotune.contract`)
+guards the answers: every run, warm-up included, must print it (a finite number), else the trial ends as
+bad output naming it. The result holds its median over the timed runs under ``quality_key``, and its
+lowest and highest as ``<quality_key>_min`` and ``<quality_key>_max``, so that a bound can judge every
+timed run.
+
 The program's stdout is captured, never forwarded (its ``@autotune`` lines cannot reach the protocol);
 its stderr passes through to the wrapper's (the driver keeps a tail). The program runs in the wrapper's
 process group, so the driver's timeout and memory cap stop it with the wrapper. It gets the wrapper's
@@ -48,13 +54,14 @@ from typing import IO, Any
 from autotune.contract import PLACEHOLDER
 from autotune.measure import summarize
 from autotune.protocol import LINE_PREFIX, TrialResult
-from workloads.harness import BadInput, Reporter, observed_environment, peak_rss_mb
+from workloads.harness import BadInput, BadOutput, Reporter, observed_environment, peak_rss_mb
 
 # The variable ``autotune exec`` sets (autotune.export.PARAMS_VARIABLE), not imported: the driver's
 # export module pulls in the report code.
 PARAMS_VARIABLE = "AUTOTUNE_PARAMS"
 # Keys of the config that tell this wrapper how to run the program; the rest are the space's param knobs.
-WRAPPER_KEYS = ("command", "check_command", "args", "figure_key", "figure_pattern", "objective", "direction", "cwd")
+WRAPPER_KEYS = ("command", "check_command", "args", "figure_key", "figure_pattern", "quality_key", "quality_pattern",
+                "objective", "direction", "cwd")
 # Lines of the program's stderr kept for a failure's reason (the last non-empty one is quoted).
 STDERR_LINES_KEPT = 20
 # Seconds to wait for the program's pipes to close after it exits (a grandchild may hold them open).
@@ -75,6 +82,8 @@ class Program:
         maximize: Whether a larger figure is better.
         figure_key: Key of the figure in printed ``@autotune`` objects (None: the objective's, if printed).
         figure_pattern: Regular expression with one group, or None.
+        quality_key: Name of the quality figure (and its key in printed ``@autotune`` objects), or None.
+        quality_pattern: Regular expression with one group that reads the quality figure, or None.
         run_timeout: Seconds one run may take, or None for no limit of its own.
     """
 
@@ -87,6 +96,8 @@ class Program:
     figure_key: str | None
     figure_pattern: re.Pattern[str] | None
     run_timeout: float | None
+    quality_key: str | None = None
+    quality_pattern: re.Pattern[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -141,13 +152,12 @@ def program_of(params: Mapping[str, Any]) -> Program:
     direction = params.get("direction") or "maximize"
     if direction not in ("maximize", "minimize"):
         raise BadInput(f"config: direction {direction!r} is not maximize or minimize")
-    pattern = params.get("figure_pattern")
-    try:
-        compiled = re.compile(pattern) if pattern is not None else None
-    except (re.error, TypeError) as exc:
-        raise BadInput(f"figure_pattern: not a regular expression ({exc})") from None
-    if compiled is not None and compiled.groups != 1:
-        raise BadInput("figure_pattern: needs exactly one group, the number")
+    compiled = _regex(params, "figure_pattern")
+    quality_key, quality_pattern = params.get("quality_key"), _regex(params, "quality_pattern")
+    if quality_key is not None and not (isinstance(quality_key, str) and quality_key.isidentifier()):
+        raise BadInput(f"config: quality_key {quality_key!r} is not a figure name")
+    if quality_pattern is not None and quality_key is None:
+        raise BadInput("config: quality_pattern needs a quality_key naming its figure")
     cwd = params.get("cwd")
     if cwd is not None and not Path(cwd).is_dir():
         raise BadInput(f"the folder the program runs in, {cwd}, is not a directory")
@@ -164,7 +174,20 @@ def program_of(params: Mapping[str, Any]) -> Program:
         figure_key=params.get("figure_key"),
         figure_pattern=compiled,
         run_timeout=timeout or None,
+        quality_key=quality_key,
+        quality_pattern=quality_pattern,
     )
+
+
+def _regex(params: Mapping[str, Any], name: str) -> re.Pattern[str] | None:
+    pattern = params.get(name)
+    try:
+        compiled = re.compile(pattern) if pattern is not None else None
+    except (re.error, TypeError) as exc:
+        raise BadInput(f"{name}: not a regular expression ({exc})") from None
+    if compiled is not None and compiled.groups != 1:
+        raise BadInput(f"{name}: needs exactly one group, the number")
+    return compiled
 
 
 def check(params: dict[str, Any]) -> dict[str, Any]:
@@ -183,7 +206,10 @@ def check(params: dict[str, Any]) -> dict[str, Any]:
             raise BadInput(f"the check command ran longer than run_timeout={program.run_timeout:g}s")
         if done.returncode != 0:
             raise BadInput(f"the check command {_status(done.returncode)}: {done.last_stderr_line}")
-    return {"program": found, "command": program.argv, "figure": _figure_source(program)}
+    found_what = {"program": found, "command": program.argv, "figure": _figure_source(program)}
+    if program.quality_key is not None:
+        found_what["quality"] = _quality_source(program)
+    return found_what
 
 
 def resolve(name: str, cwd: str | None, env: Mapping[str, str]) -> str:
@@ -288,6 +314,7 @@ def run(params: dict[str, Any], reporter: Reporter) -> TrialResult:
     mode: list[str | None] = [_mode(program)]
     figures: list[float] = []
     extras: list[dict[str, float]] = []
+    qualities: list[float] = []
 
     def step(index: int) -> float | None:
         done = run_once(program.argv, program)
@@ -299,10 +326,13 @@ def run(params: dict[str, Any], reporter: Reporter) -> TrialResult:
         if mode[0] is None:
             mode[0] = "printed" if program.objective in printed else "wall"
         figure = _figure(done.stdout, printed, program, mode[0])
+        quality = _quality(done.stdout, printed, program)
         if index >= warmup:
             extras.append(printed)
             if figure is not None:
                 figures.append(figure)
+            if quality is not None:
+                qualities.append(quality)
         return figure
 
     work = 0.0 if mode[0] in ("printed", "pattern") else 1.0
@@ -317,6 +347,12 @@ def run(params: dict[str, Any], reporter: Reporter) -> TrialResult:
         work = value * median if program.maximize else median / value
     result_figures = _extra_figures(extras)
     result_figures.update({program.objective: value, "wall_seconds_per_run": median})
+    effective = {**observed_environment(), "command": program.argv, "figure": _figure_source(program, mode[0])}
+    if program.quality_key is not None:
+        key = program.quality_key
+        result_figures.update({key: statistics.median(qualities), f"{key}_min": min(qualities),
+                               f"{key}_max": max(qualities)})
+        effective["quality"] = _quality_source(program)
     return TrialResult(
         workload="command",
         params=params,
@@ -329,7 +365,7 @@ def run(params: dict[str, Any], reporter: Reporter) -> TrialResult:
         figures=result_figures,
         peak_rss_mb=max(peak_rss_mb(), resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024),
         setup_seconds=reporter.setup_seconds,
-        effective={**observed_environment(), "command": program.argv, "figure": _figure_source(program, mode[0])},
+        effective=effective,
     )
 
 
@@ -353,6 +389,30 @@ def _figure(stdout: str, printed: Mapping[str, float], program: Program, mode: s
     if key not in printed:
         raise RuntimeError(f"the program printed no figure {key} (a line @autotune {{\"{key}\": ...}})")
     return printed[key]
+
+
+def _quality(stdout: str, printed: Mapping[str, float], program: Program) -> float | None:
+    """The run's quality figure, or None when none is declared.
+
+    Raises:
+        BadOutput: One is declared and the run printed none (or not a finite number).
+    """
+    if program.quality_key is None:
+        return None
+    if program.quality_pattern is not None:
+        value = pattern_figure(stdout, program.quality_pattern)
+    else:
+        value = printed.get(program.quality_key)
+    if value is None:
+        raise BadOutput(f"a run printed no quality figure {program.quality_key} ({_quality_source(program)}): "
+                        "its answers cannot be judged")
+    return value
+
+
+def _quality_source(program: Program) -> str:
+    if program.quality_pattern is not None:
+        return f"quality_pattern {program.quality_pattern.pattern}"
+    return f"printed @autotune key {program.quality_key}"
 
 
 def _figure_source(program: Program, mode: str | None = None) -> str:

@@ -10,6 +10,7 @@ import sys
 import time
 from typing import Any
 
+from autotune.outputs import encode_outputs, encode_scalars, weights_info
 from autotune.protocol import TrialResult, encode_message
 from workloads.harness import BadInput, Reporter, build_result, observed_environment
 
@@ -19,6 +20,9 @@ FAULTS = (
 )
 # Multiplies every step time; lets tests inject a regression into an already stored configuration.
 SLOWDOWN_ENV = "AUTOTUNE_FAKE_SLOWDOWN"
+# The ``answer`` knob: how the fake's check outputs differ from the exact ones, and how much faster it is.
+ANSWERS = {"exact": (0.0, 1.0), "rounded": (1e-3, 0.8), "wrong": (None, 0.5)}
+WEIGHTS = weights_info("trained", "fake0001", "the fake workload's fixed weights")
 
 
 def step_cost(params: dict[str, Any], env: dict[str, str], n_cpus: int) -> float:
@@ -34,7 +38,38 @@ def step_cost(params: dict[str, Any], env: dict[str, str], n_cpus: int) -> float
     patch = int(params.get("patch", 16))
     cost *= batch * (patch / 16) ** 3
     cost *= float(params.get("slowdown", 1.0)) * float(env.get(SLOWDOWN_ENV, "1"))
+    cost *= ANSWERS.get(str(params.get("answer", "exact")), (0.0, 1.0))[1]
     return cost
+
+
+def prepare(params: dict[str, Any]) -> dict[str, Any]:
+    """What the fake's output checks need: nothing to train; says which weights it uses."""
+    check(params)
+    return {"weights": WEIGHTS, "trained": False, "seconds": 0.0}
+
+
+def check_outputs(params: dict[str, Any]) -> dict[str, Any]:
+    """The fake's outputs for its fixed check inputs: exact, rounded (small noise) or wrong (labels flipped)."""
+    import numpy as np
+
+    batch, patch = int(params.get("batch", 1)), int(params.get("patch", 16))
+    answer = str(params.get("answer", "exact"))
+    if params.get("mode") == "train":
+        loss = 0.5 + 0.01 * batch
+        if answer == "wrong":
+            loss *= 2
+        elif answer == "rounded":
+            loss *= 1 + 1e-4
+        return encode_scalars({"loss": loss, "grad_norm": 2.0}, weights=WEIGHTS, inputs_digest=f"fake-{batch}")
+    grid = np.linspace(-3.0, 3.0, patch, dtype=np.float64)
+    field = grid[:, None, None] + grid[None, :, None] * 0.5 - grid[None, None, :] * 0.25
+    outputs = 1.0 / (1.0 + np.exp(-np.stack([field + b for b in range(batch)])[..., None]))
+    noise, _ = ANSWERS.get(answer, (0.0, 1.0))
+    if noise is None:
+        outputs = 1.0 - outputs
+    elif noise:
+        outputs = outputs + noise * np.random.default_rng(7).standard_normal(outputs.shape)
+    return encode_outputs(outputs, weights=WEIGHTS, labels="threshold", inputs_digest=f"fake-{batch}-{patch}")
 
 
 def check(params: dict[str, Any]) -> dict[str, Any]:
@@ -87,6 +122,7 @@ def run(params: dict[str, Any], reporter: Reporter) -> TrialResult:
         sys.stdout.write(encode_message("result", workload="fake")[:40])
         sys.stdout.flush()
         raise SystemExit(0)
+    outputs = check_outputs(params) if reporter.outputs_wanted else None
     return build_result(
         "fake",
         params,
@@ -98,6 +134,7 @@ def run(params: dict[str, Any], reporter: Reporter) -> TrialResult:
         flops_per_step=1e9 * batch * (patch / 16) ** 3,
         setup_seconds=reporter.setup_seconds,
         effective={**observed_environment(), "layout": params.get("data_format", "channels_last")},
+        outputs=outputs,
     )
 
 

@@ -3,15 +3,19 @@
 Order matters: thread pools are configured right after TensorFlow is imported and before any op runs
 (loading a model creates its variables). Inputs (and training targets) are made before the first step,
 so the timed steps measure the model alone: ``predict_on_batch`` (inference) or ``train_on_batch`` (one
-optimizer step on the file's compiled loss), as a user's own loop calls them.
+optimizer step on the file's compiled loss), as a user's own loop calls them. When the driver asks for
+the check outputs, they are computed after the timed steps (:mod:`workloads.keras.agreement`).
 """
 
 from __future__ import annotations
 
 import math
 import os
+import time
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from autotune.protocol import TrialResult
 from workloads.harness import BadInput, Reporter, build_result
@@ -32,6 +36,7 @@ DEFAULTS: dict[str, Any] = {
     "steps": 20,
     "trial_seconds": 0.0,
     "seed": 0,
+    "untrained": False,
 }
 MODES = ("infer", "train")
 PRECISIONS = ("float32", "mixed_bfloat16")
@@ -58,6 +63,7 @@ class Settings:
     steps: int
     trial_seconds: float
     seed: int
+    untrained: bool = False
 
 
 def settings_from(params: dict[str, Any]) -> Settings:
@@ -86,8 +92,11 @@ def settings_from(params: dict[str, Any]) -> Settings:
         raise BadInput("intra_threads and inter_threads must be 0 (TensorFlow's default) or more")
     if not 0 <= seconds < math.inf:
         raise BadInput(f"trial_seconds {p['trial_seconds']!r} must be 0 (off) or a positive number")
+    if not isinstance(p["untrained"], bool):
+        raise BadInput(f"untrained {p['untrained']!r} must be true or false")
     return Settings(model=str(p["model"] or ""), inputs=str(p["inputs"] or ""), mode=p["mode"],
-                    precision=p["precision"], xla=bool(p["xla"]), trial_seconds=seconds, **ints)
+                    precision=p["precision"], xla=bool(p["xla"]), trial_seconds=seconds,
+                    untrained=p["untrained"], **ints)
 
 
 def check(params: dict[str, Any]) -> dict[str, Any]:
@@ -125,6 +134,8 @@ def run(params: dict[str, Any], reporter: Reporter) -> TrialResult:
     tf, keras = _import_framework(s)
     model, specs, arrays = _prepare(keras, s)
     float_model = model
+    # The file's weights as loaded, before training steps change them: the check's weights.
+    file_weights = float_model.get_weights() if reporter.outputs_wanted else []
     if s.precision != "float32":
         from workloads.keras.model_file import with_policy
 
@@ -149,6 +160,12 @@ def run(params: dict[str, Any], reporter: Reporter) -> TrialResult:
     warmup_times, step_times = reporter.time_steps(
         step, s.warmup, s.steps, work_per_step=s.batch, trial_seconds=s.trial_seconds,
     )
+    outputs: dict[str, Any] = {}
+    extra: dict[str, float] = {}
+    if reporter.outputs_wanted:
+        start = time.perf_counter()
+        outputs = _check_outputs(tf, keras, s, model, float_model, specs, arrays, file_weights)
+        extra["check_seconds"] = time.perf_counter() - start
     return build_result(
         "keras",
         {**DEFAULTS, **params},
@@ -160,7 +177,31 @@ def run(params: dict[str, Any], reporter: Reporter) -> TrialResult:
         flops_per_step=flops,
         setup_seconds=reporter.setup_seconds,
         effective=_effective(tf, keras, s, model, specs, arrays),
+        extra=extra,
+        outputs=outputs,
     )
+
+
+def _check_outputs(
+    tf: Any, keras: Any, s: Settings, model: Any, float_model: Any, specs: list[InputSpec], arrays: list[Any],
+    file_weights: list[Any],
+) -> dict[str, Any]:
+    """The check payload of the timed ``model`` (see :mod:`workloads.keras.agreement`)."""
+    from autotune.outputs import array_digest
+    from workloads.keras.agreement import CHECK_SEED, check_weights, infer_payload, label_kind, train_payload
+
+    model.set_weights(file_weights)
+    weights = check_weights(file_weights, s.model, untrained=s.untrained)
+    # The user's inputs are fixed already (and meaningful); synthetic ones are drawn again, seed fixed.
+    check_arrays = arrays if s.inputs else synthetic(specs, s.batch, s.dynamic_size, CHECK_SEED)
+    x = _pack(model, [tf.constant(a) for a in check_arrays])
+    if s.mode == "infer":
+        return infer_payload(model, x, labels=label_kind(keras, float_model), weights=weights,
+                             inputs_digest=array_digest(*check_arrays))
+    y = _targets(tf, float_model, x)
+    targets = [np.asarray(t) for t in tf.nest.flatten(y)]
+    return train_payload(keras, model, x, y, xla=s.xla, weights=weights,
+                         inputs_digest=array_digest(*check_arrays, *targets))
 
 
 def _prepare(keras: Any, s: Settings) -> tuple[Any, list[InputSpec], list[Any]]:

@@ -124,6 +124,48 @@ def test_figure_readers() -> None:
     assert pattern_figure("nothing", re.compile(r"v=(\S+)")) is None
 
 
+# ---- the quality figure ----
+
+# Prints its accuracy: 0.9, 0.8, 0.95, 0.85 on runs 1 to 4 (run 1 is the warm-up), and a text line.
+QUALITY = ("import json, pathlib, sys; p = pathlib.Path(sys.argv[1]); n = int(p.read_text()) if p.exists() else 0; "
+           "p.write_text(str(n + 1)); a = [0.9, 0.8, 0.95, 0.85][n]; print('top-1 agreement: ' + str(a)); "
+           "print('@autotune ' + json.dumps({'accuracy': a}))")
+
+
+def test_a_quality_key_gives_the_median_lowest_and_highest_of_the_timed_runs(tmp_path: Path) -> None:
+    done = run_trial(params([*script(QUALITY), str(tmp_path / "n")], quality_key="accuracy"))
+    assert done.outcome is Outcome.OK, done.reason
+    figures = done.result.figures
+    assert (figures["accuracy"], figures["accuracy_min"], figures["accuracy_max"]) == (0.85, 0.8, 0.95)
+    assert done.result.effective["quality"] == "printed @autotune key accuracy"
+
+
+def test_a_quality_pattern_reads_stdout_under_the_key_name(tmp_path: Path) -> None:
+    done = run_trial(params([*script(QUALITY.replace("@autotune", "")), str(tmp_path / "n")], quality_key="top1",
+                            quality_pattern=r"top-1 agreement: ([0-9.]+)"))
+    assert done.outcome is Outcome.OK, done.reason
+    assert (done.result.figures["top1"], done.result.figures["top1_min"]) == (0.85, 0.8)
+    assert "accuracy" not in done.result.figures
+
+
+@pytest.mark.parametrize(("code", "extra"), [
+    ("print('@autotune {\"samples\": 3}')", {}),
+    ("print('@autotune {\"accuracy\": NaN}')", {}),
+    ("print('accuracy: n/a')", {"quality_pattern": r"accuracy: (\S+)"}),
+])
+def test_a_run_without_its_quality_figure_is_bad_output(code: str, extra: dict[str, str]) -> None:
+    done = run_trial(params(script(code), quality_key="accuracy", **extra))
+    assert done.outcome is Outcome.BAD_OUTPUT
+    assert done.reason.startswith("a run printed no quality figure accuracy") and "\n" not in done.reason
+    assert done.result is None
+
+
+def test_a_quality_pattern_without_its_name_is_bad_input() -> None:
+    done = run_trial(params(script("pass"), quality_pattern=r"acc ([0-9.]+)"))
+    assert done.outcome is Outcome.BAD_INPUT
+    assert done.reason == "config: quality_pattern needs a quality_key naming its figure"
+
+
 # ---- the program's environment and folder ----
 
 
@@ -211,10 +253,19 @@ def test_any_workload_name_runs_under_the_wrapper() -> None:
 
 
 @pytest.mark.tf
-def test_the_keras_example_reports_samples_per_second() -> None:
+def test_the_keras_example_reports_samples_per_second_and_its_agreement(tmp_path: Path) -> None:
+    import subprocess
+
     example = Path(__file__).resolve().parents[3] / "examples" / "predict.py"
-    config = params([PY, str(example), "--batches", "2", "--report"], figure_key="samples_per_s",
-                    objective="samples_per_s", warmup=0, steps=1, batch=2)
+    labels = tmp_path / "labels.npy"
+    saved = subprocess.run([PY, str(example), "--batches", "1", "--batch", "8", "--save-labels", str(labels)],
+                           capture_output=True, text=True, timeout=300)
+    assert saved.returncode == 0, saved.stderr[-2000:]
+    config = params([PY, str(example), "--batches", "2", "--report", "--labels", str(labels)],
+                    figure_key="samples_per_s", objective="samples_per_s", quality_key="top1_agreement",
+                    warmup=0, steps=1, batch=3)
     done = run_trial(config, timeout_s=300)
     assert done.outcome is Outcome.OK, done.reason + done.stderr_tail[-500:]
     assert done.result.figures["samples_per_s"] > 0
+    # Another batch size predicts the same fixed inputs: the same classes.
+    assert done.result.figures["top1_agreement_min"] == 1.0

@@ -67,3 +67,32 @@ def with_lambda(folder: Path) -> Path:
     inputs = keras.Input((4,))
     outputs = keras.layers.Lambda(lambda t: t * 2.0)(inputs)
     return save(keras.Model(inputs, outputs), folder, "lambda")
+
+
+def head(folder: Path, activation: str | None, *, name: str) -> Path:
+    """A small conv net on 8x8x3 images with a 4-channel head of ``activation`` (sigmoid, softmax, None)."""
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([
+        keras.Input((8, 8, 3)), keras.layers.Conv2D(8, 3, activation="relu"), keras.layers.GlobalAveragePooling2D(),
+        keras.layers.Dense(16, activation="relu"), keras.layers.Dense(4, activation=activation),
+    ])
+    return save(model, folder, name)
+
+
+def two_outputs() -> keras.Model:
+    """One input, two outputs (a softmax and a linear head)."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((6,))
+    hidden = keras.layers.Dense(8, activation="relu")(inputs)
+    return keras.Model(inputs, [keras.layers.Dense(3, activation="softmax")(hidden), keras.layers.Dense(2)(hidden)])
+
+
+def noisy(folder: Path) -> Path:
+    """A compiled model whose training step is random: Dropout, GaussianNoise and an LSTM with dropout."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((5, 4))
+    x = keras.layers.LSTM(8, dropout=0.3, recurrent_dropout=0.2)(keras.layers.GaussianNoise(0.5)(inputs))
+    x = keras.layers.Dropout(0.5)(keras.layers.Dense(16, activation="relu")(x))
+    model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(x))
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    return save(model, folder, "noisy")
