@@ -103,7 +103,7 @@ def main() -> None:
           f"reference: float32, channels_last, oneDNN on, no XLA")
     print()
     names = FIGURES if args.mode == "infer" else SCALARS
-    print("| precision | layout | XLA | oneDNN | " + " | ".join(names) + " | step (s) | check (s) |")
+    print("| precision | layout | XLA | oneDNN | " + " | ".join(names) + " | first step (s) | check (s) |")
     print("|---" * (len(names) + 6) + "|")
     for row in rows:
         cells = [f"{row.get(name, float('nan')):.3g}" for name in names]

@@ -154,6 +154,8 @@ def check(params: dict[str, Any]) -> dict[str, Any]:
     params = dict(params)
     params.pop("profile_dir", None)
     s = settings_from(params)
+    if s.weights and not s.weights.endswith(".weights.h5"):
+        raise BadInput(f"weights {s.weights}: not a Keras .weights.h5 file")
     try:
         found = check_dataset(s.data_dir, with_labels=s.mode == "train")
     except (DataError, ValueError) as exc:

@@ -7,7 +7,7 @@ fixed recipe (:data:`RECIPE`), and cached as ``<cache>/unet3d-weights/<recipe ha
 The hash covers the recipe, the architecture knobs and the TensorFlow and Keras major versions, so a
 different recipe never reuses a file. The network is fully convolutional: weights trained on small
 patches apply to any patch. ``--set weights=PATH`` uses the user's own Keras ``.weights.h5`` file
-instead.
+instead. The unet3d check never uses random weights, so its labels are always judged.
 
 Life cycle: the driver runs the workload once with ``--prepare`` before a study (:func:`prepare`
 trains the weights if they are missing, or validates the user's file); every trial that computes check
