@@ -39,6 +39,7 @@ DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "data_dir": None,
     "n_batches": 2,
+    "weights": "",
 }
 MODES = ("infer", "train")
 PRECISIONS = ("float32", "mixed_bfloat16")
@@ -70,6 +71,7 @@ class Settings:
     seed: int
     data_dir: Path | None
     n_batches: int
+    weights: str
 
 
 def layout_of(data_format: str, transpose_elimination: bool, per_layer_transpose: bool) -> str:
@@ -121,6 +123,7 @@ def settings_from(params: dict[str, Any]) -> Settings:
         precision=p["precision"],
         xla=bool(p["xla"]),
         data_dir=Path(p["data_dir"]) if p["data_dir"] else None,
+        weights=str(p["weights"] or ""),
         trial_seconds=_seconds(p["trial_seconds"]),
         **ints,
     )
@@ -151,6 +154,8 @@ def check(params: dict[str, Any]) -> dict[str, Any]:
     params = dict(params)
     params.pop("profile_dir", None)
     s = settings_from(params)
+    if s.weights and not s.weights.endswith(".weights.h5"):
+        raise BadInput(f"weights {s.weights}: not a Keras .weights.h5 file")
     try:
         found = check_dataset(s.data_dir, with_labels=s.mode == "train")
     except (DataError, ValueError) as exc:
@@ -214,6 +219,16 @@ def run(params: dict[str, Any], reporter: Reporter) -> TrialResult:
     )
     if profiler:
         profiler.finish(step_times)
+    outputs, extra = None, None
+    if reporter.outputs_wanted:
+        from workloads.unet3d.agreement import run_check
+        from workloads.unet3d.weights import check_weights
+
+        outputs, seconds = run_check(
+            model, *batches[0], mode=s.mode, channels_last=channels_last, loss=loss, xla=s.xla,
+            load=lambda: check_weights(s.weights, s.base_filters, s.depth, s.n_labels),
+        )
+        extra = {"check_seconds": seconds}
     flops = s.batch * forward_flops(s.patch, n_labels=s.n_labels, base_filters=s.base_filters, depth=s.depth)
     if s.mode == "train":
         flops *= TRAIN_FLOPS_FACTOR
@@ -227,7 +242,9 @@ def run(params: dict[str, Any], reporter: Reporter) -> TrialResult:
         samples_per_step=s.batch,
         flops_per_step=flops,
         setup_seconds=reporter.setup_seconds,
-        effective=_effective(tf, keras, s, model),
+        effective={**_effective(tf, keras, s, model), **({"check_seconds": extra["check_seconds"]} if extra else {})},
+        extra=extra,
+        outputs=outputs,
     )
 
 
