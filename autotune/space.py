@@ -312,7 +312,9 @@ class SearchSpace:
     def roles(self) -> tuple[str, ...]:
         """The reference configurations measured in every study: the baseline, the vendor's, and the
         launchers' rules where the space has an instances knob."""
-        return REFERENCES + (RULES if self.target_knob("instances") and self.facts and self.facts.rules else ())
+        throughput = self.contract is None or self.contract.objective.maximize
+        return REFERENCES + (RULES if self.target_knob("instances") and self.facts and self.facts.rules
+                             and throughput else ())
 
     def _physical_cores(self) -> int:
         return int(self.facts.counts["physical_cores"]) if self.facts else 1
@@ -322,6 +324,9 @@ class SearchSpace:
         n, per = self.instances(config)
         if per is None:
             return
+        if self.contract is not None and not self.contract.objective.maximize:
+            raise SpaceError(f"instances: {n} instances add up a throughput; the objective "
+                             f"{self.contract.objective.name!r} is minimized (a latency): use one instance")
         cores = self._physical_cores()
         if n * per > cores:
             raise SpaceError(f"instances: {n} x {per} cores needs {n * per} physical cores; this host has {cores}")

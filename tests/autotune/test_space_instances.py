@@ -99,3 +99,14 @@ threads = true
 [baseline]
 [vendor_recommended]
 """)
+
+
+def test_several_instances_need_a_throughput_objective(tmp_path):
+    text = bundled_space("unet3d").read_text().replace('direction = "maximize"', 'direction = "minimize"', 1)
+    path = tmp_path / "latency.toml"
+    path.write_text(text)
+    space = load_space(path, HostFacts.of(xeon_8180(tmp_path / "host")))
+    with pytest.raises(SpaceError, match="is minimized"):
+        space.configure({"instances": 2, "cores_per_instance": 4})
+    assert space.configure({"instances": 1})["instances"] == 1
+    assert space.roles() == ("baseline", "vendor_recommended")  # the rules are throughput rules
