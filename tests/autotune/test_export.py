@@ -96,13 +96,14 @@ def record_of(
     return load_record(write_best(tmp_path / "in", entry(env, cpus)))
 
 
-def autotune(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+def autotune(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "autotune", *args],
         cwd=cwd,
         capture_output=True,
         text=True,
         timeout=60,
+        env=env,
     )
 
 
@@ -430,7 +431,9 @@ def stored_study(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     url = f"sqlite:///{where / 'study.db'}"
     done = autotune(["run", "--workload", "fake", "--space", str(FAKE), "--storage", url, "--study", "s",
                      "--trials", "4", "--seed", "1", "--set", "step_seconds=0.002", "--confirm-repeats", "1",
-                     "--confirm-top", "1", "--report-dir", str(where / "report")], where)
+                     "--confirm-top", "1", "--report-dir", str(where / "report")], where,
+                    # module-scoped: the per-test private lock folder is not set up yet
+                    env={**os.environ, "AUTOTUNE_LOCK_DIR": str(where / "locks")})
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     shutil.rmtree(where / "report")
     return where, url
