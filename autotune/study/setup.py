@@ -138,8 +138,13 @@ def make_sampler(options: RunOptions, space: SearchSpace, pins: Mapping[str, Any
             else:
                 raise UserError(f"--sampler grid cannot enumerate the float knob {name!r}; pin it with --set")
         return _GridSampler(grid, seed=options.seed)
+    return search_sampler(options.seed)
+
+
+def search_sampler(seed: int | None) -> optuna.samplers.BaseSampler:
+    """The default sampler of ``autotune run``, started after the enqueued references."""
     return optuna.samplers.TPESampler(
-        seed=options.seed, multivariate=True, group=True, n_startup_trials=TPE_STARTUP_TRIALS
+        seed=seed, multivariate=True, group=True, n_startup_trials=TPE_STARTUP_TRIALS
     )
 
 
