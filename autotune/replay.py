@@ -131,7 +131,8 @@ def replay(
     for entry in landscape.configs:
         if by_config.get(entry["id"]):
             by_params.setdefault(_key(entry["params"]), entry["id"])
-    by_role = {role: entry["id"] for entry in landscape.configs for role in entry["roles"]}
+    by_role = {role: entry["id"] for entry in landscape.configs if by_config.get(entry["id"])
+               for role in entry["roles"]}
     targets = {kind: landscape.targets(kind) for kind in TARGETS}
     limit = limit or len(landscape.configs)
     study = optuna.create_study(direction="maximize" if landscape.maximize else "minimize", sampler=sampler,

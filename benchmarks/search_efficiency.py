@@ -52,12 +52,14 @@ SAMPLERS: dict[str, tuple[Callable[[int], optuna.samplers.BaseSampler], bool]] =
     "tpe": (_tpe(), True),
     "default": (search_sampler, True),
     "mvtpe-2": (_tpe(multivariate=True, group=True, n_startup_trials=2), True),
+    "mvtpe-3": (_tpe(multivariate=True, group=True, n_startup_trials=3), True),
     "mvtpe-4": (_tpe(multivariate=True, group=True, n_startup_trials=4), True),
     "mvtpe-6": (_tpe(multivariate=True, group=True, n_startup_trials=6), True),
     "mvtpe-10": (_tpe(multivariate=True, group=True, n_startup_trials=10), True),
+    "tpe-2": (_tpe(n_startup_trials=2), True),
     "tpe-4": (_tpe(n_startup_trials=4), True),
     "mvtpe-4-nogroup": (_tpe(multivariate=True, n_startup_trials=4), True),
-    "qmc": (lambda seed: optuna.samplers.QMCSampler(seed=seed, warn_independent_sampling=False), True),
+    "qmc": (lambda seed: optuna.samplers.QMCSampler(seed=seed, scramble=True, warn_independent_sampling=False), True),
     "nsga2": (lambda seed: optuna.samplers.NSGAIISampler(seed=seed, population_size=6), True),
 }
 
@@ -81,7 +83,7 @@ def run_sampler(landscape: Landscape, name: str, seeds: int, prune: bool = True)
 def describe(landscape: Landscape) -> str:
     """The landscape's host, mode, grid, best, target and noise."""
     stats = landscape.stats()
-    cvs = sorted(s.cv for s in stats.values() if s.cv is not None)
+    cvs = sorted(s.cv for s in stats.values() if s.cv is not None) or [0.0]
     best_id, best = landscape.best()
     unit = landscape.header.get("objective", {}).get("unit", "")
     host = landscape.header["host"]
