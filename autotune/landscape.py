@@ -101,6 +101,8 @@ class Landscape:
             vendor_recommended, or none), "config" (every knob)}``.
         measurements: Every measurement, in recording order.
         name: The file's stem.
+        sessions: The recorder's ``finished`` lines: when each recording session ended and its wall-clock
+            seconds (waits for the host's cores included).
     """
 
     header: dict[str, Any]
@@ -108,6 +110,7 @@ class Landscape:
     configs: list[dict[str, Any]]
     measurements: list[Measurement] = field(default_factory=list)
     name: str = ""
+    sessions: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def maximize(self) -> bool:
@@ -171,11 +174,14 @@ def read_landscape(path: Path) -> Landscape:
     if header.get("kind") != "landscape" or header.get("schema") != SCHEMA:
         raise ValueError(f"{path}: not a landscape file of schema {SCHEMA}")
     measurements = []
+    sessions = []
     for line in lines[1:]:
         try:
             data = json.loads(line)
         except json.JSONDecodeError:
             continue
+        if data.get("kind") == "finished":
+            sessions.append(data)
         if data.get("kind") != "measurement":
             continue
         measurements.append(Measurement(
@@ -184,7 +190,8 @@ def read_landscape(path: Path) -> Landscape:
             wall_seconds=data.get("wall_seconds", 0.0), setup_seconds=data.get("setup_seconds", 0.0),
             work_per_step=data.get("work_per_step", 0.0), value=data.get("value"),
         ))
-    return Landscape(header, header["knobs"], header["configs"], measurements, name=Path(path).stem)
+    return Landscape(header, header["knobs"], header["configs"], measurements, name=Path(path).stem,
+                     sessions=sessions)
 
 
 def landscape_files(folder: Path) -> list[Path]:
