@@ -32,8 +32,9 @@ from autotune.study.storage import redact, storage_errors, storage_url
 # Trials before TPE models the space, the baseline and vendor references included. Optuna's default
 # (10 random trials) spends a third of a 30-trial budget on random configurations; with the two
 # references as an informed start (one known-slow, one known-good) TPE may begin after two random
-# ones. benchmarks/search_efficiency.py: median trials to 95% of the grid's best fell from 11.5 to 7
-# (of 49), and the share of seeds within a quarter of the grid from 57% to 86%.
+# ones. Chosen by its worst case over the recorded landscapes (benchmarks/landscapes/, replayed with
+# pruning and trial costs by benchmarks/search_efficiency.py; README "Search efficiency"): with 4, the
+# worst median to 95% of the best was 24% of the grid; 2 gave 32%, 3 and 6 28%, 10 40%.
 TPE_STARTUP_TRIALS = 4
 # Study user attribute: the user's --tolerance items (a list, empty for the space's own bounds).
 TOLERANCE_ATTR = "tolerance_overrides"
