@@ -32,8 +32,9 @@ from autotune.study.storage import redact, storage_errors, storage_url
 # Trials before TPE models the space, the baseline and vendor references included. Optuna's default
 # (10 random trials) spends a third of a 30-trial budget on random configurations; with the two
 # references as an informed start (one known-slow, one known-good) TPE may begin after two random
-# ones. benchmarks/search_efficiency.py: median trials to 95% of the grid's best fell from 11.5 to 7
-# (of 49), and the share of seeds within a quarter of the grid from 57% to 86%.
+# ones. Chosen by its worst case over the recorded landscapes (benchmarks/landscapes/, replayed with
+# pruning and trial costs by benchmarks/search_efficiency.py; README "Search efficiency"): with 4, the
+# worst median to 95% of the best was 24% of the grid; 2 gave 32%, 3 and 6 28%, 10 40%.
 TPE_STARTUP_TRIALS = 4
 # Study user attribute: reference roles that resolve to the configuration of an earlier one on this host.
 SAME_ATTR = "same_configuration"
@@ -141,8 +142,17 @@ def make_sampler(options: RunOptions, space: SearchSpace, pins: Mapping[str, Any
             else:
                 raise UserError(f"--sampler grid cannot enumerate the float knob {name!r}; pin it with --set")
         return _GridSampler(grid, seed=options.seed)
+    return search_sampler(options.seed)
+
+
+def search_sampler(seed: int | None) -> optuna.samplers.BaseSampler:
+    """The default sampler of ``autotune run``, started after the enqueued references.
+
+    Multivariate TPE grouped for the conditional knobs: the sampler whose worst recorded landscape was
+    best (``benchmarks/search_efficiency.py``; the guard is ``tests/autotune/test_search_efficiency.py``).
+    """
     return optuna.samplers.TPESampler(
-        seed=options.seed, multivariate=True, group=True, n_startup_trials=TPE_STARTUP_TRIALS
+        seed=seed, multivariate=True, group=True, n_startup_trials=TPE_STARTUP_TRIALS
     )
 
 
