@@ -48,7 +48,7 @@ def run_child(params: dict, onednn: str, flag: str | None = None) -> dict:
     messages = [json.loads(line[len(LINE_PREFIX):]) for line in done.stdout.splitlines()
                 if line.startswith(LINE_PREFIX)]
     if not messages or messages[-1]["kind"] not in ("result", "prepared"):
-        raise SystemExit(f"child failed ({done.returncode}): {messages[-1] if messages else done.stderr[-2000:]}")
+        raise SystemExit(f"child failed ({done.returncode}): {messages[-1] if messages else ''} {done.stderr[-2000:]}")
     return messages[-1]
 
 
