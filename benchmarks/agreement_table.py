@@ -48,7 +48,7 @@ def run_child(params: dict, onednn: str, flag: str | None = None) -> dict:
     messages = [json.loads(line[len(LINE_PREFIX):]) for line in done.stdout.splitlines()
                 if line.startswith(LINE_PREFIX)]
     if not messages or messages[-1]["kind"] not in ("result", "prepared"):
-        raise SystemExit(f"child failed ({done.returncode}): {messages[-1] if messages else done.stderr[-2000:]}")
+        raise SystemExit(f"child failed ({done.returncode}): {messages[-1] if messages else ''} {done.stderr[-2000:]}")
     return messages[-1]
 
 
@@ -96,7 +96,8 @@ def main() -> None:
         rows.append({"precision": precision, "layout": layout, "xla": xla, "onednn": onednn, **figures,
                      "step_s": record["median_step_s"], "check_s": record["figures"]["check_seconds"],
                      "payload_bytes": len(json.dumps(record["outputs"]))})
-        print(f"# {precision} {layout} xla={xla} onednn={onednn}: {figures}", file=sys.stderr, flush=True)
+        print(f"# {precision} {layout} xla={xla} onednn={onednn}: {figures}, first step {rows[-1]['step_s']:.2f} s, "
+              f"check {rows[-1]['check_s']:.2f} s", file=sys.stderr, flush=True)
     print(f"unet3d {args.mode}, patch {args.patch}, batch 1; host {platform.node()}, {cpu_name()}, "
           f"{os.cpu_count()} CPUs; {versions()}; {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC")
     print(f"check weights: {prepared['weights']['label']} (digest {prepared['weights']['digest']}); "

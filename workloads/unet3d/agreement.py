@@ -78,9 +78,8 @@ def train_payload(model: Any, x: np.ndarray, y: np.ndarray, *, channels_last: bo
 
 
 def run_check(model: Any, x: np.ndarray, y: np.ndarray | None, *, mode: str, channels_last: bool,
-              load: Callable[[], CheckWeights], loss: Callable[[Any, Any], Any], xla: bool,
-              ) -> tuple[dict[str, Any], float]:
-    """The check payload of a trial and the seconds it took (weights loaded and reset included).
+              weights: CheckWeights, loss: Callable[[Any, Any], Any], xla: bool) -> tuple[dict[str, Any], float]:
+    """The check payload of a trial and the seconds it took (the weights' reset included).
 
     Args:
         model: The timed, compiled model.
@@ -88,14 +87,15 @@ def run_check(model: Any, x: np.ndarray, y: np.ndarray | None, *, mode: str, cha
         y: The check targets in the model's layout (train mode), else None.
         mode: ``infer`` or ``train``.
         channels_last: Whether the model's inputs and outputs are channels_last.
-        load: Returns the check weights (:func:`workloads.unet3d.weights.check_weights`).
+        weights: The check weights (:func:`workloads.unet3d.weights.check_weights`), loaded before the
+            timed steps so that missing or unfit weights end the trial before it measures anything.
         loss: The training loss, bound to the model's channel axis.
         xla: Whether the timed step was compiled with XLA.
     """
     start = time.perf_counter()
-    weights = reset_weights(model, load())
+    info = reset_weights(model, weights)
     if mode == "train":
-        payload = train_payload(model, x, y, channels_last=channels_last, weights=weights, loss=loss, xla=xla)
+        payload = train_payload(model, x, y, channels_last=channels_last, weights=info, loss=loss, xla=xla)
     else:
-        payload = infer_payload(model, x, y, channels_last=channels_last, weights=weights)
+        payload = infer_payload(model, x, y, channels_last=channels_last, weights=info)
     return payload, time.perf_counter() - start

@@ -27,6 +27,7 @@ import tempfile
 import time
 import warnings
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -85,13 +86,18 @@ def recipe(base_filters: int, depth: int, n_labels: int) -> dict[str, Any]:
             overrides = None  # type: ignore[assignment]
         if not isinstance(overrides, dict) or set(overrides) - set(RECIPE):
             raise BadInput(f"{RECIPE_ENV} must be a JSON object of {', '.join(RECIPE)}")
-    import keras
-    import tensorflow as tf
-
     return {
         **RECIPE, **overrides, "base_filters": base_filters, "depth": depth, "n_labels": n_labels,
-        "tensorflow_major": tf.__version__.split(".")[0], "keras_major": keras.__version__.split(".")[0],
+        "tensorflow_major": _major("tensorflow", "tensorflow-cpu", "tensorflow-intel"), "keras_major": _major("keras"),
     }
+
+
+def _major(*distributions: str) -> str:
+    """The major version of the first installed distribution of ``distributions``, read without importing it."""
+    for name in distributions:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            return metadata.version(name).split(".")[0]
+    return "?"
 
 
 def recipe_hash(full_recipe: dict[str, Any]) -> str:

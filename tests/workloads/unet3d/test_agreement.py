@@ -157,3 +157,14 @@ def test_the_recipe_hash_follows_the_recipe(monkeypatch):
     monkeypatch.setenv(weights.RECIPE_ENV, json.dumps({"colour": 1}))
     with pytest.raises(BadInput, match=weights.RECIPE_ENV):
         weights.recipe(16, 5, 3)
+
+
+def test_the_weights_knob_is_a_pinned_file(host):
+    from autotune.space import HostFacts, bundled_space, load_space
+    from workloads.unet3d.trial import check, settings_from
+
+    knob = load_space(bundled_space("unet3d"), HostFacts.of(host)).knobs["weights"]
+    assert knob.type == "file" and knob.default == "" and not knob.searchable()
+    assert settings_from({}).weights == ""
+    with pytest.raises(BadInput, match=r"not a Keras \.weights\.h5"):
+        check({"weights": "/somewhere/model.keras"})
