@@ -8,7 +8,8 @@ shapes that were timed, when the driver asks for it (``TrialConfig.outputs``):
   gets the same values; the payload carries their digest, and a payload of other inputs cannot be
   compared (:func:`autotune.outputs.compare` refuses it);
 * the model's weights are reset to the check weights (:mod:`workloads.unet3d.weights`), whatever the
-  timed steps did to them;
+  timed steps did to them; in inference they are set before the timed steps instead, and the outputs
+  are those a timed step computed for the first batch (:func:`timed_outputs_payload`: no extra pass);
 * infer: ``model.predict_on_batch``, the function that was timed (XLA, precision, layout), its sigmoid
   outputs as float32 channels_last with thresholded labels (:func:`autotune.outputs.encode_outputs`);
 * train: the first step's loss and global gradient norm on the same batch and its targets, with the
@@ -50,6 +51,19 @@ def infer_payload(model: Any, x: np.ndarray, y: np.ndarray | None, *, channels_l
     del y
     outputs = to_channels_last(model.predict_on_batch(x), channels_last)
     return encode_outputs(outputs, weights=weights, labels="threshold", channel_axis=-1,
+                          inputs_digest=array_digest(to_channels_last(x, channels_last)))
+
+
+def timed_outputs_payload(
+    outputs: Any, x: np.ndarray, *, channels_last: bool, weights: dict[str, str]
+) -> dict[str, Any]:
+    """The payload of outputs a timed inference step already computed for the check batch ``x``.
+
+    Used when the trial ran its timed steps with the check weights set (inference: a forward pass
+    costs the same whatever the weights), so the check adds no pass of its own.
+    """
+    values = to_channels_last(np.asarray(outputs), channels_last)
+    return encode_outputs(values, weights=weights, labels="threshold", channel_axis=-1,
                           inputs_digest=array_digest(to_channels_last(x, channels_last)))
 
 
