@@ -508,8 +508,8 @@ def _launch_record(args: argparse.Namespace, usage: str) -> Any:
     best.json (``--best-json``, ``--report-dir``, exec's ``--config``) is read when one is named.
     """
     from autotune.export import load_record, record_from_best
-    from autotune.report import study_document
     from autotune.study import load_existing_study
+    from autotune.summary import study_document
 
     path = getattr(args, "best_json", None) or getattr(args, "config", None)
     if path is None and getattr(args, "report_dir", None) is not None:
@@ -586,8 +586,9 @@ def _report(args: argparse.Namespace) -> int:
     from autotune.calibrate import load_calibration
     from autotune.console import console
     from autotune.host import probe_host
-    from autotune.report import stored_host, summarize_study, write_report
+    from autotune.report import write_report
     from autotune.study import load_existing_study
+    from autotune.summary import stored_host, summarize_study
 
     study = load_existing_study(args.storage, args.study)
     args.workload = args.workload or study.user_attrs.get("workload", "unet3d")
@@ -602,9 +603,10 @@ def _report(args: argparse.Namespace) -> int:
 def _scale(args: argparse.Namespace) -> int:
     from autotune.console import console, format_figure
     from autotune.host import probe_host
-    from autotune.report import stored_host, summarize_study, write_report
+    from autotune.report import write_report
     from autotune.scaling import measure_curve
     from autotune.study import load_existing_study
+    from autotune.summary import stored_host, summarize_study
 
     study = load_existing_study(args.storage, args.study)
     args.workload = args.workload or study.user_attrs.get("workload", "unet3d")
@@ -629,8 +631,8 @@ def _profile(args: argparse.Namespace) -> int:
     from autotune import profile as op_profile
     from autotune.console import console
     from autotune.host import probe_host
-    from autotune.report import load_study_config
     from autotune.study import load_existing_study
+    from autotune.summary import load_study_config
 
     study = load_existing_study(args.storage, args.study)
     args.workload = args.workload or study.user_attrs.get("workload", "unet3d")

@@ -25,7 +25,7 @@ from autotune.errors import UserError
 from autotune.files import atomic_write
 from autotune.host import format_cpu_list
 from autotune.layout import INSTANCE_VARIABLE, INSTANCES_VARIABLE, Layout
-from autotune.report import ROLES, load_best
+from autotune.summary import ROLES, load_best
 
 EXPORT_SCHEMA = 1
 EXPORT_KIND = "autotune-export"

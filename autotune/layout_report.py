@@ -20,7 +20,7 @@ from autotune.host import format_cpu_list
 from autotune.page import Section
 
 if TYPE_CHECKING:
-    from autotune.report import Speedup, StudySummary
+    from autotune.summary import Speedup, StudySummary
 
 RULE_TEXT = {
     "throughput_rule": "throughput rule (one instance per NUMA node, all its cores)",

@@ -19,8 +19,8 @@ from autotune.errors import UserError
 from autotune.layout_report import SCALING_ATTR
 from autotune.measurer import Measurer
 from autotune.protocol import Outcome
-from autotune.report import summarize_study
 from autotune.space import SearchSpace
+from autotune.summary import summarize_study
 
 
 def core_counts(cores: int) -> list[int]:

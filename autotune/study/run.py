@@ -18,9 +18,7 @@ from autotune.host import HostInfo
 from autotune.measurer import Measurer
 from autotune.report import (
     ReportError,
-    StudySummary,
     print_summary,
-    summarize_study,
     write_outputs,
     write_report,
 )
@@ -36,6 +34,7 @@ from autotune.study.stages import (
     host_calibration,
     profile_references,
 )
+from autotune.summary import StudySummary, summarize_study
 
 
 def run_study(

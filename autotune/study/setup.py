@@ -24,10 +24,10 @@ from autotune.host import HostInfo
 from autotune.lock import study_setup_lock
 from autotune.protocol import Outcome
 from autotune.pruning import BestFractionPruner
-from autotune.report import OBJECTIVE_ATTR
 from autotune.space import SearchSpace
 from autotune.study.options import RunOptions
 from autotune.study.storage import redact, storage_errors, storage_url
+from autotune.summary import OBJECTIVE_ATTR
 
 # Trials before TPE models the space, the baseline and vendor references included. Optuna's default
 # (10 random trials) spends a third of a 30-trial budget on random configurations; with the two

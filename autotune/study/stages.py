@@ -93,7 +93,7 @@ def confirm_stage(options: RunOptions, study: optuna.Study, measurer: Measurer) 
 def profile_references(study: optuna.Study, measurer: Measurer, report_dir: Path) -> bool:
     """Profile the baseline and the best into ``report_dir``, holding the cores; return True when interrupted."""
     from autotune.profile import ProfileFailed, compare, profile_config, profile_document, write_profile
-    from autotune.report import load_study_config
+    from autotune.summary import load_study_config
 
     space, host = measurer.space, measurer.host
     found = {}

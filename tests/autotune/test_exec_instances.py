@@ -15,7 +15,7 @@ import pytest
 
 from autotune.export import load_record, render
 from autotune.protocol import SCHEMA_VERSION
-from autotune.report import BEST_KIND
+from autotune.summary import BEST_KIND
 
 USABLE = sorted(os.sched_getaffinity(0))
 pytestmark = pytest.mark.skipif(len(USABLE) < 2, reason="needs two usable CPUs")

@@ -23,7 +23,7 @@ from autotune.export import (
     write_file,
 )
 from autotune.protocol import SCHEMA_VERSION
-from autotune.report import BEST_KIND
+from autotune.summary import BEST_KIND
 
 STUDY = "unet3d-infer-0123abcd"
 PARAMS = {

@@ -14,7 +14,7 @@ from autotune.errors import UserError
 from autotune.export import LaunchRecord, render
 from autotune.launcher import check_host, child_env
 from autotune.protocol import SCHEMA_VERSION
-from autotune.report import BEST_KIND
+from autotune.summary import BEST_KIND
 
 PARAMS = {"data_format": "channels_last", "intra_threads": 2, "batch": 1}
 USABLE = sorted(os.sched_getaffinity(0))

@@ -7,8 +7,9 @@ import optuna
 import pytest
 
 from autotune.page import Section, to_html, to_markdown
-from autotune.report import summarize_study, write_report
+from autotune.report import write_report
 from autotune.study import RunOptions, run_study
+from autotune.summary import summarize_study
 
 
 def test_markdown_and_html_say_the_same_things():

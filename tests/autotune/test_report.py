@@ -12,20 +12,18 @@ import pytest
 from autotune.errors import UserError
 from autotune.protocol import SCHEMA_VERSION
 from autotune.record import FIGURES
-from autotune.report import (
+from autotune.report import markdown, table_rows, write_outputs
+from autotune.space import HostFacts, load_space
+from autotune.study import RunOptions, run_study
+from autotune.summary import (
     BEST_KIND,
     BEST_SCHEMA,
     WITHIN_PROCESS,
     WITHIN_PROCESS_CAVEAT,
     best_document,
     load_best,
-    markdown,
     summarize_study,
-    table_rows,
-    write_outputs,
 )
-from autotune.space import HostFacts, load_space
-from autotune.study import RunOptions, run_study
 
 # The TPE sampler's ``group`` option is experimental in Optuna; that is not under test.
 pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
