@@ -105,8 +105,10 @@ def _layout_facts(study: optuna.Study, summary: StudySummary) -> list[str]:
                       if other in (t.user_attrs.get("role"), f"trial {t.number}")), None)
         kind = "one instance" if instances_of(best) > 1 else "several instances"
         shown = f"{other}, {layout_text(found.user_attrs)}" if found is not None else other
-        verdict = "won" if layout.value >= 1 else "lost"
-        facts.append(f"{layout_text(best).split(' (')[0]} {verdict} against the best with {kind} ({shown}): "
+        # "won" only when the interval says so; an interval holding 1 is a tie at this level
+        verdict = "won against" if layout.low > 1 else "lost against" if layout.high < 1 else (
+            "was not distinguishable (the interval holds 1) from")
+        facts.append(f"{layout_text(best).split(' (')[0]} {verdict} the best with {kind} ({shown}): "
                      f"**{layout.text()}**; {layout.basis}.")
     for rule, text in RULE_TEXT.items():
         if rule in same:

@@ -11,6 +11,8 @@ import optuna
 import pytest
 
 TINY = ["patch=16", "base_filters=4", "depth=3", "image_size=32", "steps=2", "warmup=1", "trial_seconds=0"]
+# The output checks' weights, trained by a tiny recipe (the product's takes minutes; it changes the hash).
+TINY_RECIPE = {"steps": 4, "patch": 16, "batch": 1, "image_size": 32}
 
 
 def seed_calibration(cache) -> None:
@@ -37,7 +39,8 @@ def test_real_run_writes_best_json_and_report(tmp_path):
                "--storage", f"sqlite:///{tmp_path / 'a.db'}", "--report-dir", str(tmp_path / "report")]
     for item in TINY:
         command += ["--set", item]
-    env = {**os.environ, "AUTOTUNE_CACHE": str(tmp_path / "cache")}
+    env = {**os.environ, "AUTOTUNE_CACHE": str(tmp_path / "cache"),
+           "AUTOTUNE_UNET3D_WEIGHTS_RECIPE": json.dumps(TINY_RECIPE)}
     seed_calibration(tmp_path / "cache")
     done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -51,6 +54,12 @@ def test_real_run_writes_best_json_and_report(tmp_path):
     for name in ("report.md", "report.html", "profile-baseline.json", "profile-best.json"):
         assert (tmp_path / "report" / name).exists(), name
     assert "Op-time breakdown" in (tmp_path / "report" / "report.md").read_text()
+    # the output-agreement guard ran on the real network: the reference at the baseline's shape, and the
+    # float32 baseline (channels_first, oneDNN off) agrees with it to rounding
+    assert best["agreement"]["weights"]["kind"] == "trained"
+    assert best["baseline"]["agreement"]["ok"] is True
+    assert best["baseline"]["agreement"]["figures"]["rel_l2_error"] < 1e-3
+    assert "## Output agreement" in (tmp_path / "report" / "report.md").read_text()
     study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path / 'a.db'}")
     roles = [t.user_attrs.get("role") for t in study.trials]
     assert roles == ["baseline", "vendor_recommended"]
