@@ -18,7 +18,7 @@ from autotune.errors import UserError
 from autotune.host import HostInfo
 from autotune.launch import trial_spec
 from autotune.protocol import Outcome
-from autotune.runner import TrialRunner
+from autotune.runner import TrialOutcome, TrialRunner, TrialSpec
 from autotune.space import REFERENCES, SearchSpace
 
 # The check reads a whole data folder on its first run (about 1,400 compressed volumes for BraTS 2017),
@@ -62,14 +62,20 @@ def check_inputs(
     found = []
     for config in configs:
         spec = trial_spec(space, config, host, data_dir=data_dir, timeout_s=timeout_s, memory_cap_mb=memory_cap_mb)
-        outcome = runner.run(dataclasses.replace(spec, env={}, cpus=None, check=True))
-        if outcome.outcome is Outcome.BAD_INPUT:
-            raise UserError(outcome.reason)
-        if outcome.outcome is not Outcome.OK:
-            raise UserError(f"the {space.workload} workload could not check its input "
-                            f"({outcome.outcome.value}: {outcome.reason})")
+        outcome = _answer(runner, dataclasses.replace(spec, env={}, cpus=None, check=True),
+                          f"the {space.workload} workload could not check its input")
         found.append(outcome.checked or {})
     return found
+
+
+def _answer(runner: TrialRunner, spec: TrialSpec, failed: str) -> TrialOutcome:
+    """Run a check or prepare child; its bad input is the user's error as it said it, anything else ``failed``."""
+    outcome = runner.run(spec)
+    if outcome.outcome is Outcome.BAD_INPUT:
+        raise UserError(outcome.reason)
+    if outcome.outcome is not Outcome.OK:
+        raise UserError(f"{failed} ({outcome.outcome.value}: {outcome.reason})")
+    return outcome
 
 
 def prepare_checks(
@@ -98,10 +104,6 @@ def prepare_checks(
         return {}
     runner = runner or TrialRunner()
     spec = trial_spec(space, config, host, data_dir=data_dir, timeout_s=timeout_s, memory_cap_mb=memory_cap_mb)
-    outcome = runner.run(dataclasses.replace(spec, env={}, cpus=None, prepare=True))
-    if outcome.outcome is Outcome.BAD_INPUT:
-        raise UserError(outcome.reason)
-    if outcome.outcome is not Outcome.OK:
-        raise UserError(f"the {space.workload} workload could not prepare its output checks "
-                        f"({outcome.outcome.value}: {outcome.reason})")
+    outcome = _answer(runner, dataclasses.replace(spec, env={}, cpus=None, prepare=True),
+                      f"the {space.workload} workload could not prepare its output checks")
     return {**(outcome.checked or {}), "wall_seconds": round(outcome.wall_seconds, 2)}
