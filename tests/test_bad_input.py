@@ -45,23 +45,7 @@ EXPORT = ("export", "--best-json", "{tmp}/best.json", "--format", "sh")
 REPORT = ("report", "--study", STUDY, "--workload", "fake", "--space", str(FAKE), "--report-dir", "{tmp}/report")
 
 # Instance knobs added to the fake space (before intra_threads, which they bound).
-INSTANCES = """[knobs.instances]
-type = "int"
-low = 1
-high = "physical_cores"
-default = 1
-target = "instances"
-
-[knobs.cores_per_instance]
-type = "int"
-low = 1
-high = "physical_cores"
-default = 1
-target = "instance_cores"
-when = { instances = { low = 2 } }
-
-[knobs.intra_threads]
-"""
+INSTANCES = (REPO / "tests" / "data" / "fake_instances.toml").read_text() + "[knobs.intra_threads]\n"
 CORES = len({tuple(Path(f"/sys/devices/system/cpu/cpu{c}/topology/{n}").read_text().strip() for n in
                    ("physical_package_id", "core_id")) for c in os.sched_getaffinity(0)})
 

@@ -24,21 +24,7 @@ INSTANCE_KNOBS = """
 samples_per_s = "samples/s"
 latency_per_sample_s = "s"
 
-[knobs.instances]
-type = "int"
-low = 1
-high = "physical_cores"
-default = 1
-target = "instances"
-
-[knobs.cores_per_instance]
-type = "int"
-low = 1
-high = "physical_cores"
-default = 1
-target = "instance_cores"
-when = { instances = { low = 2 } }
-"""
+""" + (DATA / "fake_instances.toml").read_text()
 
 pytestmark = pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two usable CPUs")
 

@@ -18,22 +18,7 @@ pytestmark = [pytest.mark.filterwarnings("ignore::optuna.exceptions.Experimental
               pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two usable CPUs")]
 DATA = Path(__file__).resolve().parents[1] / "data"
 STUDY = "instances"
-INSTANCE_KNOBS = """[knobs.instances]
-type = "int"
-low = 1
-high = "physical_cores"
-default = 1
-target = "instances"
-
-[knobs.cores_per_instance]
-type = "int"
-low = 1
-high = "physical_cores"
-default = 1
-target = "instance_cores"
-when = { instances = { low = 2 } }
-
-"""
+INSTANCE_KNOBS = (Path(__file__).resolve().parents[1] / "data" / "fake_instances.toml").read_text()
 PINS = {"step_seconds": 0.02, "data_format": "channels_last", "onednn": True, "intra_threads": 0, "batch": 1}
 
 
