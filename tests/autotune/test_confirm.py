@@ -305,7 +305,11 @@ def test_run_study_confirms_and_reports_paired_speedup(tmp_path, host, fake_spac
     best = json.loads((tmp_path / "r" / "best.json").read_text())
     confirmation = best["confirmation"]
     assert confirmation["rounds"] == 2 and confirmation["selection_rounds"] == 0
-    assert len(confirmation["runs"]) == 2 * 3
+    labels = [run["label"] for run in confirmation["runs"]]
+    # The winner may be the vendor configuration itself (the fake's best trial ties it), so two or three
+    # configurations run, each once per round.
+    assert {"baseline", "vendor_recommended"} <= set(labels) and len(set(labels)) in (2, 3)
+    assert all(labels.count(label) == 2 for label in set(labels))
     speedup = best["speedup"]["vs_baseline"]
     assert best["schema"] == 2
     assert speedup["value"] == pytest.approx(8.0, rel=0.2)
