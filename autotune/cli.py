@@ -87,6 +87,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--study", help="study name (default: <workload>-<mode>-<host fingerprint>)")
     run.add_argument("--sampler", choices=("tpe", "random", "grid"), default="tpe")
     run.add_argument("--seed", type=int, default=0, help="sampler seed")
+    run.add_argument("--warm-start", metavar="STUDY",
+                     help="start from an earlier study of this workload in the same storage: its best "
+                          "configurations are measured first, its pruned and failed ones drawn less")
     run.add_argument("--report-dir", type=Path, help="report folder (default reports/<study>)")
     run.add_argument("--allow-mixed-hosts", action="store_true",
                      help="let this host add trials to a study recorded on a different host")
@@ -440,6 +443,7 @@ def _run(args: argparse.Namespace) -> int:
         profile=args.profile,
         wait_for_cores=args.wait,
         max_latency_s=args.max_latency,
+        warm_start=args.warm_start,
     )
     return run_study(options, host, space, pins, prepared=prepared)
 

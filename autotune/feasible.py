@@ -17,6 +17,13 @@ import optuna
 INFEASIBLE_ATTR = "infeasible"
 """Trial user attribute: why a completed trial is over ``--max-latency``, in words, with the figure."""
 
+WARM_STARTS_ATTR = "warm_starts"
+"""Study user attribute: the warm starts applied to it (:mod:`autotune.study.warm`)."""
+
+PRIOR_ROLE = "prior"
+"""Trial role of an earlier study's known-bad configuration that a warm start hands to the sampler
+(:mod:`autotune.study.warm`): stored PRUNED, never measured in this study, never counted in its figures."""
+
 
 def is_feasible(trial: optuna.trial.FrozenTrial) -> bool:
     """Whether every constraint of ``trial`` holds (a trial without constraints is feasible)."""

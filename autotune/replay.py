@@ -13,8 +13,10 @@ measurement answered from the landscape file:
   a pruned trial costs only the steps that ran;
 - a configuration already measured is answered from storage and costs nothing, as in the real loop.
 
-The references are never pruned, as in the real loop. Warm starts (the budget issue): ``first`` lists
-configurations measured first, each measured fresh; :func:`top_params` takes them from another landscape.
+The references are never pruned, as in the real loop. Warm starts (:mod:`autotune.study.warm`):
+``first`` lists configurations measured first, each measured fresh (:func:`top_params` takes them from
+another landscape), and ``prior`` the source's known-bad configurations, handed to the sampler as PRUNED
+trials that cost nothing and count nowhere (:func:`bad_params`).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from autotune.pruning import (
     warmup_too_slow,
 )
 from autotune.space import REFERENCES
+from autotune.study.warm import prior_trial
 
 # The real loop's stop after this many repeats in a row (autotune.study.loop.MAX_CONSECUTIVE_REPEATS).
 MAX_CONSECUTIVE_REPEATS = 25
@@ -101,6 +104,22 @@ def top_params(landscape: Landscape, n: int) -> list[dict[str, Any]]:
     return [dict(landscape.configs[cid]["params"]) for cid in order[:n]]
 
 
+def bad_params(landscape: Landscape, fraction: float = BestFractionPruner().fraction) -> list[dict[str, Any]]:
+    """Configurations a search on this landscape ends pruned or failed: a median below ``fraction`` of the
+    best median (above best / ``fraction`` when minimizing), or no successful measurement."""
+    stats = landscape.stats()
+    _, best = landscape.best()
+    bad = []
+    for entry in landscape.configs:
+        if entry["roles"]:
+            continue
+        median = stats[entry["id"]].median if entry["id"] in stats else None
+        if median is None or (median < fraction * best.median if landscape.maximize
+                              else median > best.median / fraction):
+            bad.append(dict(entry["params"]))
+    return bad
+
+
 def replay(
     landscape: Landscape,
     sampler: optuna.samplers.BaseSampler,
@@ -109,6 +128,7 @@ def replay(
     references: bool = True,
     prune: bool = True,
     first: Sequence[Mapping[str, Any]] = (),
+    prior: Sequence[Mapping[str, Any]] = (),
     limit: int | None = None,
     until_target: bool = True,
 ) -> Run:
@@ -121,6 +141,7 @@ def replay(
         references: Measure the baseline and the vendor-recommended configuration first.
         prune: Prune as ``autotune run`` does (warm-up and step pruning); False measures every trial in full.
         first: Configurations (searched knobs) measured after the references and before the sampler's own.
+        prior: Known-bad configurations (searched knobs) given to the sampler as PRUNED trials, not measured.
         limit: Stop after this many configurations measured (default: the grid's size).
         until_target: Stop once both targets are reached; False runs on to ``limit`` (or until the
             sampler only repeats itself).
@@ -144,6 +165,9 @@ def replay(
                 study.enqueue_trial(params, user_attrs={"role": role})
     for params in first:
         study.enqueue_trial(in_space(landscape, params), skip_if_exists=True)
+    for params in prior:
+        study.add_trial(prior_trial(lambda t: suggest(t, landscape.knobs), in_space(landscape, params),
+                                    study.direction, {"role": "prior"}))
     rng = random.Random(seed)
     run = Run(trials=dict.fromkeys(TARGETS), seconds=dict.fromkeys(TARGETS))
     seen: dict[int, optuna.trial.FrozenTrial] = {}

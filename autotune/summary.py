@@ -23,7 +23,7 @@ from autotune.calibrate import Calibration
 from autotune.confirm import CONFIRMATION_ATTR, ESTIMATE, Confirmation, describe, paired_speedup
 from autotune.contract import Objective
 from autotune.errors import UserError
-from autotune.feasible import is_feasible
+from autotune.feasible import PRIOR_ROLE, WARM_STARTS_ATTR, is_feasible
 from autotune.host import HostInfo
 from autotune.intervals import METHOD_TEXT, percent, ratio_of_medians_interval
 from autotune.layout_report import layout_speedups
@@ -121,6 +121,7 @@ class StudySummary:
         inaccurate: ``(trial number, reason)`` of configurations measured but outside the tolerance.
         time_by_outcome: Wall seconds of the study's measured trials (the search stage, references
             included) by how they ended: ``completed``, ``pruned``, ``failed``.
+        warm_starts: The earlier studies this one started from (``autotune run --warm-start``), as stored.
     """
 
     study: str
@@ -140,6 +141,7 @@ class StudySummary:
     agreement: Mapping[str, Any] | None = None
     inaccurate: list[tuple[int, str]] = field(default_factory=list)
     time_by_outcome: Mapping[str, float] = field(default_factory=dict)
+    warm_starts: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def metric_name(self) -> str:
@@ -164,7 +166,8 @@ def summarize_study(
     only which knobs were searched, and their conditions, are unknown.
     """
     objective = study_objective(study, space)
-    trials = study.get_trials(deepcopy=False)
+    # An earlier study's known-bad configurations handed to the sampler (warm start): nothing measured here.
+    trials = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("role") != PRIOR_ROLE]
     measured = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE and "repeat_of" not in t.user_attrs]
     configs: dict[str, dict[str, Any] | None] = {}
     for role in ("baseline", "vendor_recommended"):  # references are reported even when inaccurate
@@ -217,6 +220,7 @@ def summarize_study(
         agreement=study.user_attrs.get(AGREEMENT_ATTR),
         inaccurate=[(t.number, str(t.user_attrs.get("reason", ""))) for t in measured if not is_feasible(t)],
         time_by_outcome=_time_by_outcome(trials),
+        warm_starts=list(study.user_attrs.get(WARM_STARTS_ATTR) or []),
     )
 
 
@@ -343,6 +347,7 @@ def best_document(summary: StudySummary) -> dict[str, Any]:
         **{role: _entry(summary.configs.get(role)) for role in ROLES},
         "speedup": {name: None if s is None else speedup_entry(s) for name, s in summary.speedups.items()},
         "trials": dict(summary.counts),
+        "warm_starts": summary.warm_starts,
         "agreement": None if summary.agreement is None else {
             **summary.agreement,
             "inaccurate": [{"trial": n, "reason": why} for n, why in summary.inaccurate],

@@ -259,6 +259,8 @@ CASES = [
                                                  "membind": [[], []]}))),
     case("best_instances_sharing_a_cpu", EXEC, "best.instances: instances: two instances share a CPU",
          setup=best(put(("best", "instances"), {"instances": 2, "cores_per_instance": 1, "cpus": [[0], [0]]}))),
+    case("run_warm_start_unknown_study", (*RUN, "--warm-start", "nosuch"),
+         "--warm-start nosuch: no such study in this storage (earlier studies of workload fake: none)"),
     # -- storage URLs --
     case("storage_unknown_scheme", (*RUN, "--storage", "nosuchdb://x"),
          "cannot open storage nosuchdb://x: Can't load plugin"),

@@ -8,6 +8,7 @@ storages:
 * :mod:`~autotune.study.setup`: the study's name, sampler, host and pin checks, orphans, references;
 * :mod:`~autotune.study.loop`: :class:`SearchLoop`, the ask -> measure -> tell loop;
 * :mod:`~autotune.study.stages`: checks before the search, then calibration, confirmation, profiles;
+* :mod:`~autotune.study.warm`: warm starts from an earlier study in the same storage;
 * :mod:`~autotune.study.run`: :func:`run_study`, which owns the flow from set-up to report.
 """
 

@@ -40,6 +40,7 @@ class RunOptions:
         profile: Profile the baseline and the best configuration at the end (op-time breakdown).
         max_latency_s: A configuration whose latency figure (the contract's ``latency``) exceeds this is
             infeasible: stored with its figures, never a winner. None: no bound.
+        warm_start: An earlier study in the same storage to start from (:mod:`autotune.study.warm`).
     """
 
     trials: int = 30
@@ -61,3 +62,4 @@ class RunOptions:
     full_report: bool = False
     profile: bool = False
     max_latency_s: float | None = None
+    warm_start: str | None = None

@@ -13,6 +13,7 @@ from autotune.agreement import record_agreement_setup
 from autotune.confirm import (
     CONFIRMATION_ATTR,
 )
+from autotune.console import console
 from autotune.exits import Exit
 from autotune.host import HostInfo
 from autotune.measurer import Measurer
@@ -34,6 +35,7 @@ from autotune.study.stages import (
     host_calibration,
     profile_references,
 )
+from autotune.study.warm import applied, earlier_studies
 from autotune.summary import StudySummary, summarize_study
 
 
@@ -70,6 +72,7 @@ def run_study(
         check_cores_free(measurer)
     study = open_shared_study(options, name, host, space, pins)
     record_agreement_setup(study, space, prepared or {})
+    announce_warm_starts(study, space, host)
     started = time.monotonic()
     calibration = host_calibration(host, study)
     loop = SearchLoop(options, pins, study, measurer)
@@ -103,6 +106,20 @@ def run_study(
     if interrupted:
         return Exit.INTERRUPTED
     return Exit.OK if summary.best is not None else Exit.FAILED
+
+
+def announce_warm_starts(study: optuna.Study, space: SearchSpace, host: HostInfo) -> None:
+    """Say what the study was warm-started from, or which earlier studies it could start from."""
+    starts = applied(study)
+    for start in starts:
+        console.print(start.describe())
+    if starts:
+        return
+    earlier = earlier_studies(study, space, host)
+    if earlier:
+        shown = "; ".join(e.describe() for e in earlier[:5]) + ("; ..." if len(earlier) > 5 else "")
+        console.print(f"earlier studies of workload {space.workload} in this storage: {shown}. "
+                      f"Start from one with --warm-start STUDY")
 
 
 def summary_of(study: optuna.Study, space: SearchSpace, host: HostInfo) -> StudySummary:

@@ -27,6 +27,7 @@ from autotune.pruning import BestFractionPruner
 from autotune.space import SearchSpace
 from autotune.study.options import RunOptions
 from autotune.study.storage import redact, storage_errors, storage_url
+from autotune.study.warm import warm_start
 from autotune.summary import OBJECTIVE_ATTR
 
 # Trials before TPE models the space, the baseline and vendor references included. Optuna's default
@@ -95,6 +96,8 @@ def open_shared_study(
         _check_latency_bound(study, space, options.max_latency_s)
         _fail_orphans(study)
         enqueue_references(study, space, pins)
+        if options.warm_start:
+            warm_start(study, options.warm_start, space, pins, host)
         runs = int(study.user_attrs.get("runs", 0))
         study.set_user_attr("runs", runs + 1)
     if runs:

@@ -9,7 +9,7 @@ import optuna
 import pytest
 
 from autotune.landscape import Measurement, append_lines, read_landscape, write_header
-from autotune.replay import replay, top_params
+from autotune.replay import bad_params, replay, top_params
 
 KNOBS = [{"name": "k", "kind": "categorical", "choices": ["a", "b", "c", "d"], "when": {}}]
 
@@ -141,3 +141,19 @@ def test_the_recorder_file_round_trips(tmp_path: Path) -> None:
     landscape = read_landscape(path)
     assert landscape.recording_seconds() == pytest.approx(12 * 45.0)
     assert landscape.measurements[0].start_seconds == pytest.approx(45.0 - 2.0 - 40.0)
+
+
+def test_a_landscapes_bad_configurations_are_priors_that_cost_nothing(tmp_path: Path) -> None:
+    # c (5/s) is below half the best (d, 100/s): known-bad; the references a and b are never listed.
+    path = make_landscape(tmp_path / "l.jsonl", {
+        "a": steady(10, 10), "b": steady(100, 1), "c": steady(5, 20), "d": steady(90, 100 / 90),
+    })
+    landscape = read_landscape(path)
+    assert bad_params(landscape) == [{"k": "c"}]
+
+    sampler = optuna.samplers.TPESampler(seed=0, n_startup_trials=0)
+    run = replay(landscape, sampler, 0, prior=[{"k": "c"}], limit=3, until_target=False)
+
+    # the references, then the sampler's first choice: d, not the known-bad c (which costs nothing)
+    assert [cid for cid, _ in run.history] == [0, 1, 3]
+    assert run.measured == 3 and run.wasted_s == 0.0
