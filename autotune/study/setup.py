@@ -32,11 +32,13 @@ from autotune.summary import OBJECTIVE_ATTR
 
 # Trials before TPE models the space, the baseline and vendor references included. Optuna's default
 # (10 random trials) spends a third of a 30-trial budget on random configurations; with the two
-# references as an informed start (one known-slow, one known-good) TPE may begin after two random
-# ones. Chosen by its worst case over the recorded landscapes (benchmarks/landscapes/, replayed with
-# pruning and trial costs by benchmarks/search_efficiency.py; README "Search efficiency"): with 4, the
-# worst median to 95% of the best was 24% of the grid; 2 gave 32%, 3 and 6 28%, 10 40%.
-TPE_STARTUP_TRIALS = 4
+# references as an informed start (one known-slow, one known-good) TPE models the space right after
+# them. Chosen by its worst case over the recorded landscapes (benchmarks/landscapes/, replayed with
+# pruning and trial costs by benchmarks/search_efficiency.py; README "Search efficiency"): with 2, the
+# worst median to the noise target was 21% of the grid (3 of 14 on the training landscape, where the
+# vendor configuration is not among the best) and to 95% of the best 35%; with 4 (the earlier default)
+# 29% and 42%, with 3 29% and 42%, with 6 and 10 29% and 46-48%.
+TPE_STARTUP_TRIALS = 2
 # Study user attribute: reference roles that resolve to the configuration of an earlier one on this host.
 SAME_ATTR = "same_configuration"
 # Study user attribute: the user's --tolerance items (a list, empty for the space's own bounds).
