@@ -30,6 +30,7 @@ from typing import Any
 
 import optuna
 
+from autotune.feasible import PRIOR_ROLE
 from autotune.landscape import Landscape, Measurement
 from autotune.pruning import (
     WARMUP_FACTOR,
@@ -167,7 +168,7 @@ def replay(
         study.enqueue_trial(in_space(landscape, params), skip_if_exists=True)
     for params in prior:
         study.add_trial(prior_trial(lambda t: suggest(t, landscape.knobs), in_space(landscape, params),
-                                    study.direction, {"role": "prior"}))
+                                    study.direction, {"role": PRIOR_ROLE}))
     rng = random.Random(seed)
     run = Run(trials=dict.fromkeys(TARGETS), seconds=dict.fromkeys(TARGETS))
     seen: dict[int, optuna.trial.FrozenTrial] = {}

@@ -203,10 +203,12 @@ def report_sections(
     if spent := search_time_text(summary.time_by_outcome):
         facts.append(spent[0].upper() + spent[1:] + ".")
     facts.append(f"Knobs searched: {', '.join(summary.searched) or 'none'}.")
-    facts += [f"Warm start from study {w['source']}: {len(w.get('first', []))} of its best configurations "
-              f"measured first (fresh), {len(w.get('priors', []))} known-bad ones given to the sampler"
-              + (f"; recorded on another CPU ({w['other_cpu']})" if w.get("other_cpu") else "") + "."
-              for w in summary.warm_starts]
+    if summary.warm_starts:
+        from autotune.study.warm import WarmStart  # the study package imports this module
+
+        for stored in summary.warm_starts:
+            line = WarmStart.from_dict(stored).describe()
+            facts.append(line[0].upper() + line[1:] + ".")
     if summary.best is None and summary.inaccurate:
         facts.insert(0, NO_ACCURATE_TEXT)
     sections = [opening, Section(title="", text=facts, bullets=True)]
