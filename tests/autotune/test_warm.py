@@ -149,3 +149,4 @@ def test_a_run_measures_the_sources_best_after_the_references(tmp_path: Path, fa
     best_json = json.loads((tmp_path / "r3" / "best.json").read_text())
     assert PRIOR_ROLE not in json.dumps(best_json["trials"])  # the priors are no trials of this study
     assert best_json["warm_starts"][0]["source"] == "first"
+    assert "Warm start from study first:" in (tmp_path / "r3" / "report.md").read_text()
