@@ -37,12 +37,14 @@ from autotune.runner import (
     EXIT_AFTER_RESULT_SECONDS,
     POLL_SECONDS,
     TERMINATE_GRACE_SECONDS,
+    RunningCallback,
     StepCallback,
     TrialOutcome,
     TrialSpec,
     WaitCallback,
     _Execution,
     _tree_rss_mb,
+    running_reason,
 )
 
 
@@ -50,12 +52,14 @@ class InstanceGroup:
     """Runs one trial of ``spec.layout`` instances to its end (see the module docstring); ``run`` once."""
 
     def __init__(self, spec: TrialSpec, workdir: Path, on_step: StepCallback | None,
-                 on_wait: WaitCallback | None = None) -> None:
+                 on_wait: WaitCallback | None = None, on_running: RunningCallback | None = None) -> None:
         assert spec.layout is not None
         self.spec = spec
         self.layout = spec.layout
         self.on_step = on_step
         self.on_wait = on_wait
+        self.on_running = on_running
+        self.running_stop: float | None = None
         self.lines: queue.Queue[tuple[int, str | None]] = queue.Queue()
         # The output-agreement check (TrialConfig.outputs) runs in the first instance only.
         self.children = [
@@ -133,6 +137,8 @@ class InstanceGroup:
                 for write_end in pipes:
                     with contextlib.suppress(OSError):
                         os.write(write_end, b"g")
+                for child in self.children:
+                    child.step_began = time.monotonic()
             if (stop := self._progress()) is not None:
                 return stop, None
             results = [c.result_at for c in self.children if c.result is not None]
@@ -161,7 +167,23 @@ class InstanceGroup:
             waited = time.monotonic() - max(c.setup_at for c in self.children)
             if self.on_wait(waited, self._setup()):
                 return Outcome.PRUNED, f"pruned after {waited:.0f}s of warm-up without a timed step"
+        running = self._running_round() if self.on_running else None
+        if running is not None and self.on_running([*self._rounds(self.reported), running], self._setup()):
+            self.running_stop = running
+            return Outcome.PRUNED, f"{running_reason(self.reported, running)} (the slowest of the instances)"
         return None
+
+    def _running_round(self) -> float | None:
+        """A lower bound of the round in progress (its slowest instance), or None when no round runs."""
+        if any(c.figured for c in self.children):
+            return None
+        now = time.monotonic()
+        bounds = [c.steps[self.reported] if len(c.steps) > self.reported else c.running_step(now)
+                  for c in self.children]
+        if all(len(c.steps) > self.reported for c in self.children):
+            return None
+        known = [b for b in bounds if b is not None]
+        return max(known) if known and any(c.step_began is not None for c in self.children) else None
 
     def _setup(self) -> dict[str, Any]:
         first = dict(self.children[0].setup)
@@ -182,6 +204,7 @@ class InstanceGroup:
                     for i, c in enumerate(self.children)]
         rounds = self._rounds(min(len(c.steps) for c in self.children))
         common = {"step_seconds": tuple(rounds), "wall_seconds": wall, "peak_rss_mb": self.peak_rss_mb,
+                  "running_seconds": self.running_stop,
                   "planned_steps": min((o.planned_steps or 0) for o in outcomes) or None,
                   "instances": tuple(self._instance(i, o) for i, o in enumerate(outcomes))}
         if stop is not None:

@@ -24,7 +24,7 @@ from typing import Any
 from autotune.host import HostInfo
 from autotune.launch import default_memory_cap_mb, trial_spec
 from autotune.lock import CoreLock, CoresBusy
-from autotune.runner import StepCallback, TrialOutcome, TrialRunner, TrialSpec, WaitCallback
+from autotune.runner import RunningCallback, StepCallback, TrialOutcome, TrialRunner, TrialSpec, WaitCallback
 from autotune.space import SearchSpace
 
 
@@ -87,12 +87,12 @@ class Measurer:
 
     def run(
         self, config: Mapping[str, Any], *, on_step: StepCallback | None = None,
-        on_wait: WaitCallback | None = None, timed_steps: int | None = None, outputs: bool = False,
-        **params: Any,
+        on_wait: WaitCallback | None = None, on_running: RunningCallback | None = None,
+        timed_steps: int | None = None, outputs: bool = False, **params: Any,
     ) -> tuple[TrialSpec, TrialOutcome]:
         """Measure one configuration; the caller holds the cores (:meth:`holding`)."""
         spec = self.spec(config, timed_steps, outputs, **params)
-        return spec, self.runner.run(spec, on_step=on_step, on_wait=on_wait)
+        return spec, self.runner.run(spec, on_step=on_step, on_wait=on_wait, on_running=on_running)
 
     @contextlib.contextmanager
     def holding(self, note: str, on_busy: Callable[[str], None] | None = None) -> Iterator[Held]:

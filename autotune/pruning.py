@@ -43,17 +43,23 @@ class BestFractionPruner(BasePruner):
         """Optuna's pruner hook."""
         if not trial.intermediate_values or len(trial.intermediate_values) < self.n_warmup_steps:
             return False
+        latest = trial.intermediate_values[max(trial.intermediate_values)]
+        return self.beaten(latest, self.best(study), study.direction == optuna.study.StudyDirection.MAXIMIZE)
+
+    def best(self, study: optuna.Study) -> float | None:
+        """The yardstick: the best value of the study's completed, feasible trials (None: none yet)."""
         # An inaccurate trial's speed is no yardstick: it can never win.
         completed = feasible_completed(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
-        if not completed:
-            return False
         values = [t.value for t in completed if t.value is not None]
         if not values:
+            return None
+        return max(values) if study.direction == optuna.study.StudyDirection.MAXIMIZE else min(values)
+
+    def beaten(self, value: float, best: float | None, maximize: bool) -> bool:
+        """Whether ``value`` is clearly worse than ``best`` (never when there is no best)."""
+        if best is None:
             return False
-        latest = trial.intermediate_values[max(trial.intermediate_values)]
-        if study.direction == optuna.study.StudyDirection.MINIMIZE:
-            return latest > min(values) / self.fraction
-        return latest < self.fraction * max(values)
+        return value < self.fraction * best if maximize else value > best / self.fraction
 
 
 # A warm-up (tracing, XLA compilation, the first step) longer than this many steps of the best

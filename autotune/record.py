@@ -60,6 +60,7 @@ def trial_record(
         "host_fingerprint": host.fingerprint,
         "step_seconds": list(result.step_seconds if result else outcome.step_seconds),
         "warmup_seconds": list(result.warmup_seconds if result else outcome.warmup_seconds),
+        "running_step_s": outcome.running_seconds,
         "wall_seconds": outcome.wall_seconds,
         "effective": result.effective if result else {},
         "stderr_tail": "" if outcome.outcome is Outcome.OK else outcome.stderr_tail,

@@ -11,6 +11,9 @@ measurement answered from the landscape file:
   and then costs its set-up plus the warm-up it waited;
 - after each timed step its running figure is reported to :class:`autotune.pruning.BestFractionPruner`;
   a pruned trial costs only the steps that ran;
+- a timed step that runs so long that the trial's figure is already clearly worse than the best, whatever
+  its end, is stopped at that moment (:func:`running_limit`, with the driver's poll and slack), as the
+  driver stops it while it runs;
 - a configuration already measured is answered from storage and costs nothing, as in the real loop.
 
 The references are never pruned, as in the real loop. Warm starts (:mod:`autotune.study.warm`):
@@ -21,10 +24,11 @@ trials that cost nothing and count nowhere (:func:`bad_params`).
 
 from __future__ import annotations
 
+import functools
 import random
 import statistics
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +43,7 @@ from autotune.pruning import (
     best_step_seconds,
     warmup_too_slow,
 )
+from autotune.runner import POLL_SECONDS, RUNNING_SLACK_SECONDS
 from autotune.space import REFERENCES
 from autotune.study.warm import prior_trial
 
@@ -227,9 +232,18 @@ def _measure(
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)
             return optuna.trial.TrialState.PRUNED, m.setup_seconds + give_up
     steps = m.step_seconds
+    pruner = study.pruner if isinstance(study.pruner, BestFractionPruner) else None
     for k in range(1, len(steps) + 1):
         if not m.work_per_step:
             break
+        if prune and pruner is not None and k >= pruner.n_warmup_steps:
+            cut = running_limit(list(steps[:k]), functools.partial(
+                _beaten_at, pruner, pruner.best(study), m.work_per_step, maximize))
+            if cut is not None:
+                median = statistics.median([*steps[:k - 1], cut - RUNNING_SLACK_SECONDS])
+                trial.report(m.work_per_step / median if maximize else median / m.work_per_step, k - 1)
+                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+                return optuna.trial.TrialState.PRUNED, m.wall_seconds - sum(steps[k - 1:]) + cut
         median = statistics.median(steps[:k])
         trial.report(m.work_per_step / median if maximize else median / m.work_per_step, k - 1)
         if trial.should_prune():  # the driver asks after every step, the last one too
@@ -240,6 +254,34 @@ def _measure(
         return optuna.trial.TrialState.FAIL, m.wall_seconds
     study.tell(trial, m.value)
     return optuna.trial.TrialState.COMPLETE, m.wall_seconds
+
+
+def _beaten_at(pruner: BestFractionPruner, best: float | None, work: float, maximize: bool, step_s: float) -> bool:
+    return pruner.beaten(work / step_s if maximize else step_s / work, best, maximize)
+
+
+def running_limit(steps: list[float], beaten: Callable[[float], bool], poll_s: float = POLL_SECONDS,
+                  slack_s: float = RUNNING_SLACK_SECONDS) -> float | None:
+    """When the driver stops the last of ``steps`` while it runs (seconds into it), or None if it ends first.
+
+    The driver looks every ``poll_s`` seconds; ``t`` seconds into the step it takes ``t - slack_s`` as a
+    lower bound of the step's time and judges the median of the earlier steps and that bound
+    (``beaten`` of that median step time says whether that is clearly too slow). The median only grows
+    with the bound, so the first such poll is found by bisection.
+    """
+    *done, last = steps
+
+    def too_slow(bound: float) -> bool:
+        return beaten(statistics.median([*done, bound]))
+
+    polls = int((last - slack_s) // poll_s)  # the bounds k * poll_s seen while the step still runs
+    if polls < 1 or not too_slow(polls * poll_s):
+        return None
+    low, high = 0, polls  # too_slow(high * poll_s); find the first poll that is
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (low, middle) if too_slow(middle * poll_s) else (middle, high)
+    return high * poll_s + slack_s
 
 
 def _warmup_limit(best_step: float | None) -> float:

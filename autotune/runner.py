@@ -45,6 +45,10 @@ POLL_SECONDS = 0.2
 EXIT_AFTER_RESULT_SECONDS = 10.0
 # Seconds a child gets between SIGTERM and SIGKILL when it is stopped on purpose.
 TERMINATE_GRACE_SECONDS = 2.0
+# What the driver sees of a running step is the time since the previous step's message reached it: the
+# step itself, plus the child's work between steps and the message's way through the pipe. This much is
+# taken off before that time counts as a lower bound of the step's own time.
+RUNNING_SLACK_SECONDS = 1.0
 
 StepCallback = Callable[[list[float], Mapping[str, Any]], bool]
 """Called with (timed step times so far, the setup message plus ``step_figures``: the figures the steps
@@ -52,6 +56,11 @@ carried, if any) after each timed step; True prunes."""
 
 WaitCallback = Callable[[float, Mapping[str, Any]], bool]
 """Called with (seconds since the setup message, the setup message) while warm-up runs; True prunes."""
+
+RunningCallback = Callable[[list[float], Mapping[str, Any]], bool]
+"""Called while a timed step runs with (the timed step times so far, then the seconds the running step has
+taken until now: a lower bound of its time) and the setup message; True prunes. Not called for workloads
+whose steps carry their own figure, where a step's time says nothing about its figure."""
 
 
 @dataclass(frozen=True)
@@ -105,6 +114,7 @@ class TrialOutcome:
             mode), else None.
         planned_steps: Timed steps the child said it would run (its ``plan``, else its ``setup``), if any.
         instances: With several instances, each one's record (index, CPUs, memory nodes, figures).
+        running_seconds: Seconds the timed step in progress had run when the trial was pruned during it.
     """
 
     outcome: Outcome
@@ -119,13 +129,15 @@ class TrialOutcome:
     checked: Mapping[str, Any] | None = None
     planned_steps: int | None = None
     instances: tuple[Mapping[str, Any], ...] = ()
+    running_seconds: float | None = None
 
 
 class TrialRunner:
     """Runs trials one at a time; ``run`` is the only entry point."""
 
     def run(
-        self, spec: TrialSpec, on_step: StepCallback | None = None, on_wait: WaitCallback | None = None
+        self, spec: TrialSpec, on_step: StepCallback | None = None, on_wait: WaitCallback | None = None,
+        on_running: RunningCallback | None = None,
     ) -> TrialOutcome:
         """Run one trial to its end.
 
@@ -133,6 +145,7 @@ class TrialRunner:
             spec: What to launch.
             on_step: Called after each timed step; returning True prunes the trial.
             on_wait: Called while the first timed step is awaited (warm-up running); True prunes.
+            on_running: Called while a timed step runs, with its time so far; True prunes.
 
         Returns:
             The outcome; this method does not raise for anything the child does.
@@ -141,19 +154,26 @@ class TrialRunner:
             if spec.layout is not None and spec.layout.instances > 1 and not (spec.check or spec.prepare):
                 from autotune.instances import InstanceGroup
 
-                return InstanceGroup(spec, Path(workdir), on_step, on_wait).run()
-            return _Execution(spec, Path(workdir), on_step, on_wait).run()
+                return InstanceGroup(spec, Path(workdir), on_step, on_wait, on_running).run()
+            return _Execution(spec, Path(workdir), on_step, on_wait, on_running=on_running).run()
 
 
 class _Execution:
     def __init__(
         self, spec: TrialSpec, workdir: Path, on_step: StepCallback | None, on_wait: WaitCallback | None = None,
         lines: queue.Queue[tuple[int, str | None]] | None = None, tag: int = 0,
+        on_running: RunningCallback | None = None,
     ) -> None:
         self.spec = spec
         self.workdir = workdir
         self.on_step = on_step
         self.on_wait = on_wait
+        self.on_running = on_running
+        # When the timed step now running began (monotonic), None while none runs; see running_step().
+        self.step_began: float | None = None
+        self.figured = False
+        self.plain_steps = 0
+        self.running_stop: float | None = None
         self.setup_at = 0.0
         self.lines: queue.Queue[tuple[int, str | None]] = lines if lines is not None else queue.Queue()
         self.tag = tag
@@ -249,6 +269,10 @@ class _Execution:
                 waited = time.monotonic() - self.setup_at
                 if self.on_wait(waited, self.setup):
                     return Outcome.PRUNED, f"pruned after {waited:.0f}s of warm-up without a timed step"
+            running = self.running_step() if self.on_running else None
+            if running is not None and self.on_running([*self.steps, running], self.setup):
+                self.running_stop = running
+                return Outcome.PRUNED, running_reason(len(self.steps), running)
             if self.result is not None and time.monotonic() - self.result_at > EXIT_AFTER_RESULT_SECONDS:
                 return None
             if (stop := self._check_memory(proc)) is not None:
@@ -268,10 +292,17 @@ class _Execution:
             seconds = message.get("seconds")
             if not isinstance(seconds, int | float) or seconds < 0:
                 return Outcome.BAD_OUTPUT, "step message without a valid 'seconds'"
+            if isinstance(message.get("figure"), int | float):
+                self.figured = True
+            else:
+                self.plain_steps += 1
             if message.get("warmup"):
                 self.warmups.append(float(seconds))
+                if (warmup := _count(self.setup.get("warmup"))) is not None and len(self.warmups) >= warmup:
+                    self.step_began = time.monotonic()
             else:
                 self.steps.append(float(seconds))
+                self.step_began = time.monotonic()
                 began, ended = message.get("start"), message.get("end")
                 if isinstance(began, int | float) and isinstance(ended, int | float) and ended >= began:
                     self.windows.append((float(began), float(ended)))
@@ -285,6 +316,8 @@ class _Execution:
         elif kind == "setup":
             self.setup = message
             self.setup_at = time.monotonic()
+            if _count(self.setup.get("warmup")) == 0:
+                self.step_began = self.setup_at
         elif kind == "result":
             try:
                 self.result = TrialResult.from_dict({k: v for k, v in message.items() if k != "kind"})
@@ -303,7 +336,27 @@ class _Execution:
             self.checked = {k: v for k, v in message.items() if k != "kind"}
         elif kind == "ready":
             self.ready = True
+            self.step_began = None  # it waits for the go of every instance: InstanceGroup starts the clock
         return None
+
+    def running_step(self, now: float | None = None) -> float | None:
+        """A lower bound of the time of the timed step in progress, or None when there is none.
+
+        The bound is the time since the previous step's message less :data:`RUNNING_SLACK_SECONDS`; None
+        until that is positive, once the planned steps are done, after the result, when the child has
+        exited, and unless a step (warm-up or timed) has ended without a figure of its own and none with
+        one: a step that carries its figure (a program that prints its throughput) is judged by that
+        figure, and its time is no bound on it.
+        """
+        if self.step_began is None or self.result is not None or self.figured or not self.plain_steps:
+            return None
+        if self.proc is not None and self.proc.poll() is not None:
+            return None
+        planned = self.planned_steps or _int(self.setup.get("steps"))
+        if planned and len(self.steps) >= planned:
+            return None
+        bound = (now if now is not None else time.monotonic()) - self.step_began - RUNNING_SLACK_SECONDS
+        return bound if bound > 0 else None
 
     def _check_memory(self, proc: subprocess.Popen[bytes]) -> tuple[Outcome, str] | None:
         rss = _tree_rss_mb(proc.pid)
@@ -324,6 +377,7 @@ class _Execution:
             "peak_rss_mb": self.peak_rss_mb,
             "stderr_tail": tail,
             "planned_steps": self.planned_steps or _int(self.setup.get("steps")),
+            "running_seconds": self.running_stop,
         }
         if stop is not None:
             return TrialOutcome(stop[0], reason=stop[1], **common)
@@ -350,6 +404,15 @@ class _Execution:
 
 def _int(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def _count(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+def running_reason(done: int, running: float) -> str:
+    """Why a trial was pruned while its timed step ``done + 1`` ran for ``running`` seconds."""
+    return f"pruned {running:.1f}s into timed step {done + 1}: too slow already, whatever its end"
 
 
 def _child_env(changes: Mapping[str, str | None]) -> dict[str, str]:

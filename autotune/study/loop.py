@@ -29,7 +29,7 @@ from autotune.feasible import INFEASIBLE_ATTR
 from autotune.lock import CoresBusy
 from autotune.measurer import Held, Measurer
 from autotune.protocol import Outcome
-from autotune.pruning import best_step_seconds, warmup_too_slow
+from autotune.pruning import BestFractionPruner, best_step_seconds, warmup_too_slow
 from autotune.record import trial_record
 from autotune.study.options import RunOptions
 
@@ -184,10 +184,30 @@ class SearchLoop:
             work = float(setup.get("work_per_step") or 0)
             return warmup_too_slow(waited, best_step_seconds(work, best_before, objective.maximize))
 
+        yardstick: dict[int, float | None] = {}
+
+        def on_running(steps: list[float], setup: Mapping[str, Any]) -> bool:
+            # The running step's time so far is a lower bound of its time, so the median with it bounds the
+            # trial's figure: once that bound is clearly worse than the best, no ending can save the trial.
+            pruner = self.study.pruner
+            work = setup.get("work_per_step")
+            if role != "search" or not self.options.prune or not isinstance(pruner, BestFractionPruner):
+                return False
+            if not isinstance(work, int | float) or work <= 0 or len(steps) < pruner.n_warmup_steps:
+                return False
+            if len(steps) not in yardstick:  # asked once per step, not at every poll
+                yardstick[len(steps)] = pruner.best(self.study)
+            bound = objective.running(float(work), statistics.median(steps))
+            if not pruner.beaten(bound, yardstick[len(steps)], objective.maximize):
+                return False
+            trial.report(bound, len(steps) - 1)
+            return True
+
         verdict = None
         with self._cores(trial, progress, task) as held:
             wants = self.guard is not None and self.guard.wants_outputs
-            spec, outcome = self.measurer.run(config, on_step=on_step, on_wait=on_wait, outputs=wants)
+            spec, outcome = self.measurer.run(config, on_step=on_step, on_wait=on_wait, on_running=on_running,
+                                              outputs=wants)
             if self.guard is not None and outcome.outcome is Outcome.OK and outcome.result is not None:
                 progress.update(task, status="judging its outputs against the reference")
                 verdict = self.guard.judge(config, outcome.result.outputs, outcome.result.figures)
@@ -199,10 +219,12 @@ class SearchLoop:
             self.stats["check_s"] += _check_seconds(record)
         record["cores_wait_s"] = round(held.waited_s, 3)
         record["cores_held"] = [round(held.start, 3), round(held.end, 3)]
-        if outcome.outcome is Outcome.PRUNED and outcome.step_seconds:
-            median = statistics.median(outcome.step_seconds)
-            planned = outcome.planned_steps or len(outcome.step_seconds)
-            saved = max(0, planned - len(outcome.step_seconds)) * median
+        steps_seen = [*outcome.step_seconds, *([outcome.running_seconds] if outcome.running_seconds else [])]
+        if outcome.outcome is Outcome.PRUNED and steps_seen:
+            # A step stopped while running counts with the time it had run: a lower bound of the saving.
+            median = statistics.median(steps_seen)
+            planned = outcome.planned_steps or len(steps_seen)
+            saved = max(0, planned - len(steps_seen)) * median
             record["time_saved_s"] = saved
             self.stats["time_saved_s"] += saved
         for key, value in record.items():

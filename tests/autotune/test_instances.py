@@ -109,6 +109,22 @@ def test_the_pruner_sees_the_aggregate_of_every_instance(space, host):
     assert seen[0][1] == 2 * 16**3  # the work of both instances
 
 
+def test_a_round_is_stopped_while_it_runs_on_its_slowest_instance(space, host):
+    seen = []
+
+    def on_running(steps, setup):
+        seen.append((list(steps), setup["work_per_step"]))
+        return steps[-1] > 0.3  # 1.3 s into the first round (1 s of slack)
+
+    outcome = TrialRunner().run(spec_of(space, host, steps=3, step_seconds=2.0), on_running=on_running)
+    assert outcome.outcome is Outcome.PRUNED
+    assert "into timed step 1" in outcome.reason and "slowest of the instances" in outcome.reason
+    assert outcome.step_seconds == () and 0.3 < outcome.running_seconds < 0.3 + 0.25
+    assert seen and all(len(steps) == 1 for steps, _ in seen)
+    assert seen[0][1] == 2 * 16**3  # the work of both instances
+    assert outcome.wall_seconds < 10
+
+
 def test_memory_cap_is_for_all_instances_together(space, host):
     spec = spec_of(space, host, fault="memory", fault_mb=256)
     outcome = TrialRunner().run(dataclasses.replace(spec, memory_cap_mb=400.0))

@@ -207,7 +207,7 @@ class _StubRunner:
         self.document = document
         self.spec: TrialSpec | None = None
 
-    def run(self, spec: TrialSpec, on_step=None, on_wait=None) -> TrialOutcome:
+    def run(self, spec: TrialSpec, on_step=None, on_wait=None, on_running=None) -> TrialOutcome:
         self.spec = spec
         folder = Path(spec.config.params["profile_dir"])
         assert folder.is_dir()

@@ -230,3 +230,90 @@ def test_runner_prunes_a_trial_stuck_in_warmup(fake_space, host):
     assert outcome.outcome is Outcome.PRUNED
     assert "warm-up" in outcome.reason and outcome.wall_seconds < 10
     assert seen and seen[0] == 16**3
+
+
+# A search trial 100x slower than the references, with steps long enough (about 3 s) for the driver to
+# see the running step pass the bar (twice the vendor's 0.03 s step, after its 1 s of slack) well before
+# it ends.
+SLOW_STEP_SPACE = FIXED_KNOBS + """
+
+[knobs.slowdown]
+type = "categorical"
+choices = [1.0, 100.0]
+default = 1.0
+target = "param"
+
+[knobs.steps]
+type = "int"
+low = 1
+high = 100
+default = 3
+target = "param"
+search = false
+
+[knobs.step_seconds]
+type = "float"
+low = 0.0
+high = 1.0
+default = 0.03
+target = "param"
+search = false
+
+[baseline]
+data_format = "channels_first"
+onednn = false
+slowdown = 1.0
+
+[vendor_recommended]
+kmp_blocktime = "1"
+slowdown = 1.0
+"""
+
+
+def test_a_search_trial_is_stopped_while_its_first_step_runs(tmp_path, host, space_from_toml):
+    space = space_from_toml(SLOW_STEP_SPACE)
+    assert run_study(options(tmp_path), host, space, {}) == 0
+    study = optuna.load_study(study_name=STUDY, storage=options(tmp_path).storage)
+    study.enqueue_trial({"slowdown": 100.0})
+
+    assert run_study(options(tmp_path, trials=1), host, space, {}) == 0
+
+    slow = max(study.get_trials(), key=lambda t: t.number)
+    assert slow.params == {"slowdown": 100.0} and slow.state == PRUNED
+    assert slow.user_attrs["reason"].startswith("pruned ") and "into timed step 1" in slow.user_attrs["reason"]
+    assert slow.user_attrs["step_seconds"] == []
+    running = slow.user_attrs["running_step_s"]
+    assert 0.0 < running < 1.0  # the bound: the time into the ~3 s step less 1 s of slack, past 0.06 s
+    best = max(t.value for t in study.get_trials() if t.state == COMPLETE)
+    # the reported figure is the bound the decision used: this much work in the time the step had run
+    assert slow.intermediate_values[0] == pytest.approx(16**3 / running, rel=0.01)
+    assert slow.intermediate_values[0] < 0.5 * best
+    assert slow.user_attrs["time_saved_s"] > 0
+    assert slow.user_attrs["wall_seconds"] < 10  # its warm-up (a 3 s step) and ~1.2 s, not 3 more steps
+
+
+def test_runner_stops_a_step_only_while_it_runs(fake_space, host):
+    import dataclasses
+
+    from autotune.launch import trial_spec
+    from autotune.protocol import Outcome
+    from autotune.runner import TrialRunner
+
+    config = fake_space.configure({}, base=fake_space.reference("baseline"))
+    spec = trial_spec(fake_space, config, host, timeout_s=30)
+    spec = dataclasses.replace(spec, config=dataclasses.replace(
+        spec.config, params={**spec.config.params, "step_seconds": 1.6, "warmup": 1, "steps": 2}))
+    seen: list[list[float]] = []
+
+    def on_running(steps, setup):
+        seen.append(list(steps))
+        return len(steps) == 2 and steps[-1] > 0.3  # the second timed step, 1.3 s into it (1 s of slack)
+
+    outcome = TrialRunner().run(spec, on_running=on_running)
+    assert outcome.outcome is Outcome.PRUNED
+    assert "into timed step 2" in outcome.reason
+    assert len(outcome.step_seconds) == 1 and outcome.running_seconds is not None
+    assert 0.3 < outcome.running_seconds < outcome.step_seconds[0]
+    # never asked during set-up or warm-up: every call had the first step running or done
+    assert seen and all(len(steps) in (1, 2) for steps in seen)
+    assert all(steps[0] <= outcome.step_seconds[0] + 0.25 for steps in seen if len(steps) == 1)

@@ -68,15 +68,28 @@ def test_a_torn_last_line_is_ignored(tmp_path: Path) -> None:
 
 
 def test_a_clearly_slow_trial_costs_only_the_steps_that_ran(tmp_path: Path) -> None:
-    # References a (10/s) and b (100/s) complete; c runs at 5/s: pruned after its first 20 s step.
+    # References a (10/s) and b (100/s) complete; c runs at 5/s (20 s steps of 100 voxels). Its first step
+    # is stopped while it runs, at the first 0.2 s poll where its time less the driver's 1 s of slack
+    # passes 2 s: from then on its figure is below half of 100/s whatever the step's end.
     path = make_landscape(tmp_path / "l.jsonl", {
         "a": steady(10, 10), "b": steady(100, 1), "c": steady(5, 20), "d": steady(90, 100 / 90),
     })
     run = replay(read_landscape(path), optuna.samplers.RandomSampler(seed=0), 0, first=[{"k": "c"}], until_target=False)
     assert run.history[:3] == [(0, "complete"), (1, "complete"), (2, "pruned")]
-    assert run.spent_s >= 45.0 + 9.0 + (85.0 - 60.0)
-    pruned_cost = 85.0 - 3 * 20.0
+    pruned_cost = 85.0 - 4 * 20.0 + 3.2  # set-up and warm-up (the run less its steps), then 3.2 s of step 1
     assert run.wasted_s == pytest.approx(pruned_cost)
+
+
+def test_a_slow_step_is_stopped_at_the_first_poll_that_decides(tmp_path: Path) -> None:
+    from autotune.replay import running_limit
+
+    # the bound is the time into the step less 1 s of slack: past 3 s at the poll of 4.2 s
+    assert running_limit([10.0], lambda step: step > 3.0) == pytest.approx(4.2)
+    assert running_limit([10.0], lambda step: step > 9.5) is None  # it ends first: judged after it
+    assert running_limit([1.1], lambda step: True) is None  # shorter than the slack and one poll
+    # later steps: the median of [1, 1, t] is 1 until t passes 1, so the earlier steps hold it down
+    assert running_limit([1.0, 1.0, 9.0], lambda step: step > 1.5) is None
+    assert running_limit([3.0, 5.0, 9.0], lambda step: step > 4.0) == pytest.approx(5.2)
 
 
 def test_without_pruning_a_slow_trial_costs_its_whole_run(tmp_path: Path) -> None:

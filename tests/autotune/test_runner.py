@@ -326,3 +326,31 @@ def test_the_plan_reaches_the_driver_before_a_trial_is_pruned(make_spec, warmup,
 
     assert outcome.outcome is Outcome.PRUNED and len(outcome.step_seconds) == 1
     assert planned - 1 <= outcome.planned_steps <= planned + 1  # about 0.2 s of 0.05 s steps, not the 50 allowed
+
+
+@pytest.mark.parametrize(
+    ("messages", "running"),
+    [
+        ([("setup", {"warmup": 1, "steps": 3})], False),  # warming up: no timed step runs
+        ([("setup", {"warmup": 1, "steps": 3}), ("step", {"seconds": 1.0, "warmup": True})], True),
+        ([("setup", {"warmup": 0, "steps": 3})], False),  # no step has shown it carries no figure
+        ([("setup", {"warmup": 0, "steps": 3}), ("step", {"seconds": 1.0, "warmup": False})], True),
+        ([("setup", {"warmup": 1, "steps": 3}), ("step", {"seconds": 1.0, "warmup": True, "figure": 5.0})],
+         False),  # the steps carry their own figure: their time bounds nothing
+        ([("setup", {"warmup": 0, "steps": 1}), ("step", {"seconds": 1.0, "warmup": False})], False),  # done
+        ([("setup", {"warmup": 1, "steps": 3}), ("step", {"seconds": 1.0, "warmup": True}), ("ready", {})],
+         False),  # one of several instances, waiting for the go
+    ],
+)
+def test_a_timed_step_is_running_only_between_what_the_protocol_says(tmp_path, messages, running):
+    from autotune.protocol import TrialConfig, encode_message
+    from autotune.runner import TrialSpec, _Execution
+
+    execution = _Execution(TrialSpec("workloads.fake", TrialConfig("fake", {})), tmp_path, None)
+    for kind, payload in messages:
+        assert execution._handle(encode_message(kind, **payload)) is None
+    assert execution.running_step() is None  # under a second: within the slack for the message's way
+    found = execution.running_step(time.monotonic() + 2.5)  # as if looked at 2.5 s later
+    assert (found is not None) is running
+    if running:
+        assert 1.4 < found <= 1.6

@@ -124,7 +124,7 @@ def dead_pid() -> int:
 class InterruptingRunner(TrialRunner):
     """Behaves as if the user pressed Ctrl-C while the first trial ran."""
 
-    def run(self, spec, on_step=None, on_wait=None):
+    def run(self, spec, on_step=None, on_wait=None, on_running=None):
         raise KeyboardInterrupt
 
 
