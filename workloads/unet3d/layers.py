@@ -12,6 +12,8 @@ from collections.abc import Sequence
 import keras
 from keras import ops
 
+from workloads.unet3d.model import NORMS
+
 _SERIALIZATION_PACKAGE = "autotune"
 
 
@@ -124,6 +126,28 @@ class InstanceNormalization(keras.layers.Layer):
 
     def get_config(self) -> dict:
         return {**super().get_config(), "axis": self.axis, "epsilon": self.epsilon}
+
+
+def instance_norm(implementation: str, axis: int, channels: int, *, name: str, dtype=None) -> keras.layers.Layer:
+    """An instance-normalization layer by ``implementation`` (one of ``model.NORMS``); the same function.
+
+    Both hold gamma then beta, one value per channel, so weights move between them with ``set_weights``.
+    TensorFlow's graph optimizer (its remapper, oneDNN on) replaces what :class:`InstanceNormalization`
+    computes (``Mean``, ``SquaredDifference`` once ``Square(Sub)`` is rewritten, ``Mean``, ``AddV2``,
+    ``Rsqrt``, ``Mul``, ``Mul``, ``Mul``, ``Sub``, ``AddV2``) and the ``LeakyRelu`` after it by one
+    ``_MklFusedInstanceNorm``, but only where gamma and beta are graph constants (seen on TensorFlow 2.21
+    with a graph built by hand): never while the weights are variables, as in any Keras model as it runs.
+    Keras's ``GroupNormalization`` reshapes into groups first, which that pattern does not match.
+
+    Raises:
+        ValueError: An unknown implementation.
+    """
+    if implementation == "moments":
+        return InstanceNormalization(axis, dtype=dtype, name=name)
+    if implementation == "group_norm":  # Keras's own: one group per channel is instance normalization
+        return keras.layers.GroupNormalization(groups=channels, axis=axis, epsilon=1e-5, dtype=dtype, name=name)
+    raise ValueError(f"unknown instance normalization {implementation!r}; choose one of {', '.join(NORMS)}")
+
 
 
 @keras.saving.register_keras_serializable(package=_SERIALIZATION_PACKAGE)

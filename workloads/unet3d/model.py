@@ -20,6 +20,8 @@ if TYPE_CHECKING:
     import keras
 
 LAYOUTS = ("channels_last", "cf_keras", "cf_per_layer", "cf_eliminated")
+# How instance normalization is computed (``layers.instance_norm``): the same function every way.
+NORMS = ("moments", "group_norm")
 REFERENCE_PARAMETER_COUNT = 8_269_561
 
 _CHANNELS_FIRST_LAYOUTS = frozenset({"cf_keras", "cf_per_layer", "cf_eliminated"})
@@ -175,6 +177,7 @@ def build_unet3d(
     n_segmentation_levels: int = 3,
     negative_slope: float = 0.3,
     dtype_policy=None,
+    norm: str = "moments",
 ) -> keras.Model:
     """Builds the isensee2017 3D U-Net.
 
@@ -209,12 +212,14 @@ def build_unet3d(
         negative_slope: Slope of the LeakyReLU for negative inputs.
         dtype_policy: Dtype policy for every layer but the final sigmoid; ``None`` uses the global
             policy (``keras.mixed_precision.set_global_policy``).
+        norm: How instance normalization is computed (``layers.NORMS``): the same function and the
+            same weights whichever.
 
     Returns:
         An uncompiled ``keras.Model`` named ``"isensee2017_<layout>"``.
 
     Raises:
-        ValueError: Unknown layout, non-positive sizes, ``depth < 2``,
+        ValueError: Unknown layout or norm, non-positive sizes, ``depth < 2``,
             ``n_segmentation_levels < 1`` or a spatial size not divisible by ``2**(depth - 1)``.
     """
     _check_layout(layout)
@@ -227,8 +232,8 @@ def build_unet3d(
 
     from workloads.unet3d.layers import (
         ChannelsLastWrapper,
-        InstanceNormalization,
         SafeBiasConv3D,
+        instance_norm,
         to_channels_first,
         to_channels_last,
     )
@@ -255,7 +260,7 @@ def build_unet3d(
             name=f"{name}_conv",
         )
         x = spatial(conv, x)
-        x = spatial(InstanceNormalization(norm_axis, dtype=dtype_policy, name=f"{name}_norm"), x)
+        x = spatial(instance_norm(norm, norm_axis, filters, dtype=dtype_policy, name=f"{name}_norm"), x)
         return layers.LeakyReLU(negative_slope, dtype=dtype_policy, name=f"{name}_act")(x)
 
     def upsample(x, name):

@@ -18,6 +18,7 @@ from typing import Any
 from autotune.protocol import TrialResult
 from workloads.harness import BadInput, Reporter, build_result
 from workloads.tensorflow_runtime import observed_tensorflow
+from workloads.unet3d.model import NORMS
 
 DEFAULTS: dict[str, Any] = {
     "mode": "infer",
@@ -41,6 +42,7 @@ DEFAULTS: dict[str, Any] = {
     "data_dir": None,
     "n_batches": 2,
     "weights": "",
+    "instance_norm": "moments",
 }
 MODES = ("infer", "train")
 PRECISIONS = ("float32", "mixed_bfloat16")
@@ -73,6 +75,7 @@ class Settings:
     data_dir: Path | None
     n_batches: int
     weights: str
+    instance_norm: str = "moments"
 
 
 def layout_of(data_format: str, transpose_elimination: bool, per_layer_transpose: bool) -> str:
@@ -117,6 +120,8 @@ def settings_from(params: dict[str, Any]) -> Settings:
         raise BadInput(f"patch {p['patch']} is larger than image_size {ints['image_size']}")
     if ints["batch"] < 1 or ints["steps"] < 1 or ints["warmup"] < 0 or ints["n_batches"] < 1:
         raise BadInput("batch, steps and n_batches must be at least 1, warmup at least 0")
+    if p["instance_norm"] not in NORMS:
+        raise BadInput(f"instance_norm {p['instance_norm']!r} is not one of {', '.join(NORMS)}")
     return Settings(
         mode=p["mode"],
         patch=patch,  # type: ignore[arg-type]
@@ -126,6 +131,7 @@ def settings_from(params: dict[str, Any]) -> Settings:
         data_dir=Path(p["data_dir"]) if p["data_dir"] else None,
         weights=str(p["weights"] or ""),
         trial_seconds=_seconds(p["trial_seconds"]),
+        instance_norm=str(p["instance_norm"]),
         **ints,
     )
 
@@ -191,7 +197,7 @@ def run(params: dict[str, Any], reporter: Reporter) -> TrialResult:
         raise BadInput(str(exc)) from None
     keras.utils.set_random_seed(s.seed)
     model = build_unet3d(s.patch, layout=s.layout, n_labels=s.n_labels, base_filters=s.base_filters,
-                         depth=s.depth)
+                         depth=s.depth, norm=s.instance_norm)
     axis = -1 if channels_last else 1
 
     def loss(y_true, y_pred):
@@ -288,5 +294,6 @@ def _effective(tf: Any, keras: Any, s: Settings, model: Any) -> dict[str, Any]:
         "layout": s.layout,
         "precision_policy": keras.mixed_precision.global_policy().name,
         "xla": s.xla,
+        "instance_norm": s.instance_norm,
         "parameters": int(model.count_params()),
     }

@@ -60,6 +60,8 @@ def trials(prepared, cache, tmp_path_factory) -> dict[str, dict]:
     configs = {
         "reference": {}, "cf_keras": CF_KERAS, "bf16": {"precision": "mixed_bfloat16"},
         "train": {"mode": "train"}, "train_cf_eliminated": {"mode": "train", **CF_ELIMINATED},
+        "group_norm": {"instance_norm": "group_norm"},
+        "train_group_norm": {"mode": "train", "instance_norm": "group_norm"},
     }
     found = {}
     for name, params in configs.items():
@@ -104,6 +106,15 @@ def test_a_layout_agrees_to_rounding_and_bfloat16_does_not(trials):
                                              "label_flip_share": 0.0}
     bf16 = compare(trials["bf16"]["outputs"], reference)
     assert bf16["max_abs_error"] > 1e-4 and bf16["rel_l2_error"] > same["rel_l2_error"]
+
+
+@pytest.mark.tf
+def test_group_norm_computes_the_same_function(trials):
+    found = compare(trials["group_norm"]["outputs"], trials["reference"]["outputs"])
+    assert found["max_abs_error"] < 1e-5 and found["label_flip_share"] < 1e-3, found
+    assert trials["group_norm"]["effective"]["instance_norm"] == "group_norm"
+    figures = compare(trials["train_group_norm"]["outputs"], trials["train"]["outputs"])
+    assert figures["loss_rel_error"] < 1e-5 and figures["grad_norm_rel_error"] < 1e-4
 
 
 @pytest.mark.tf

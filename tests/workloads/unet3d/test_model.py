@@ -248,6 +248,7 @@ def test_reference_forward_flops():
         ({"dropout": 1.0}, "dropout"),
         ({"spatial_shape": (8, 8, 6)}, "divisible"),
         ({"spatial_shape": (8, 8)}, "divisible"),
+        ({"norm": "batch"}, "unknown instance normalization"),
     ],
 )
 def test_invalid_configurations_are_rejected(change, message):
@@ -342,3 +343,15 @@ def test_model_module_imports_without_tensorflow():
         "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO_ROOT)
+
+
+@pytest.mark.parametrize("layout", ["channels_last", "cf_keras", "cf_per_layer"])
+def test_group_norm_is_the_same_function_with_the_same_weights(tiny_input, layout):
+    model = build_unet3d(TINY_SPATIAL, layout=layout, norm="group_norm", **TINY)
+    reference = build_unet3d(TINY_SPATIAL, layout=layout, **TINY)
+    weights = _perturbed_weights(reference, seed=3)
+    reference.set_weights(weights)
+    model.set_weights(weights)  # the same weight list: gamma then beta per normalization
+    assert any(isinstance(getattr(layer, "layer", layer), keras.layers.GroupNormalization) for layer in model.layers)
+    x = _to_layout(tiny_input, layout)
+    np.testing.assert_allclose(model(x, training=False), reference(x, training=False), rtol=1e-4, atol=1e-5)

@@ -113,6 +113,7 @@ def test_layout_knobs_map_to_strategies(knobs, layout):
         ({"batch": 0}, "at least 1"),
         ({"colour": "red"}, "unknown unet3d knob"),
         ({"data_format": "nchw"}, "data_format"),
+        ({"instance_norm": "batch"}, "instance_norm"),
     ],
 )
 def test_bad_settings(params, message):
@@ -132,3 +133,4 @@ def test_the_packaged_mimalloc_runs_under_tensorflow(cache):
     assert done.returncode == 0, done.stderr
     assert record["outcome"] == "ok"
     assert "mimalloc" in record["effective"]["loaded_runtimes"]["allocator"]
+
