@@ -56,6 +56,7 @@ class SearchLoop:
         self.stats = {"run": 0, "repeats": 0, "pruned": 0, "failed": 0, "inaccurate": 0, "time_saved_s": 0.0,
                       "elapsed_s": 0.0, "check_s": 0.0}
         self.seen = self._measured()
+        self.search_walls: list[float] = []  # wall seconds of the search trials this run measured
         self.asked: optuna.Trial | None = None
         self.guard = AgreementGuard(study, measurer, pins, self.space.agreement) if self.space.agreement else None
 
@@ -103,6 +104,14 @@ class SearchLoop:
             task = progress.add_task("trials", total=self.options.trials, status="")
             done = 0
             while done < self.options.trials and time.monotonic() < deadline - self.reserve_seconds():
+                # A trial that starts must end before the confirmation stage's share: not one typical
+                # search trial of this run more than the budget left.
+                left = deadline - self.reserve_seconds() - time.monotonic()
+                typical = statistics.median(self.search_walls) if self.search_walls else 0.0
+                if typical > left:
+                    progress.console.print(f"{left:.0f}s of the search budget left, less than a typical search "
+                                           f"trial of this run ({typical:.0f}s): ending the search")
+                    break
                 if self._grid_exhausted():
                     progress.console.print("every grid point was measured: stopping the search")
                     break
@@ -214,6 +223,8 @@ class SearchLoop:
         record = trial_record(config, spec, outcome, self.measurer.host)
         kind = "pruned" if outcome.outcome is Outcome.PRUNED else "ok" if outcome.outcome is Outcome.OK else "failed"
         self.stats[f"{kind}_wall_s"] = self.stats.get(f"{kind}_wall_s", 0.0) + outcome.wall_seconds
+        if role == "search":
+            self.search_walls.append(outcome.wall_seconds)
         if verdict is not None:
             record["agreement"] = verdict.to_dict()
             self.stats["check_s"] += _check_seconds(record)

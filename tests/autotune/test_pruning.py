@@ -18,21 +18,16 @@ COMPLETE = optuna.trial.TrialState.COMPLETE
 PRUNED = optuna.trial.TrialState.PRUNED
 
 FIXED_KNOBS = (Path(__file__).resolve().parents[1] / "data" / "fake_fixed.toml").read_text()
-# The vendor reference is 20x slower per step: far below half the baseline's throughput, so it
-# would be pruned if the driver ever asked for references.
-SLOWDOWN_SPACE = FIXED_KNOBS + """
 
-[knobs.slowdown]
-type = "categorical"
-choices = [1.0, 20.0]
-default = 1.0
-target = "param"
 
+def fake_space_text(searched: str, *, steps: int, step_seconds: float, baseline: str = "", vendor: str = "") -> str:
+    """The fixed fake knobs, ``searched`` knob tables, the step count and length pinned, and the references."""
+    return FIXED_KNOBS + searched + f"""
 [knobs.steps]
 type = "int"
 low = 1
 high = 100
-default = 8
+default = {steps}
 target = "param"
 search = false
 
@@ -40,19 +35,30 @@ search = false
 type = "float"
 low = 0.0
 high = 1.0
-default = 0.005
+default = {step_seconds}
 target = "param"
 search = false
 
 [baseline]
 data_format = "channels_first"
 onednn = false
-slowdown = 1.0
+{baseline}
 
 [vendor_recommended]
 kmp_blocktime = "1"
-slowdown = 20.0
+{vendor}
 """
+
+
+# The vendor reference is 20x slower per step: far below half the baseline's throughput, so it
+# would be pruned if the driver ever asked for references.
+SLOWDOWN_SPACE = fake_space_text("""
+[knobs.slowdown]
+type = "categorical"
+choices = [1.0, 20.0]
+default = 1.0
+target = "param"
+""", steps=8, step_seconds=0.005, baseline="slowdown = 1.0", vendor="slowdown = 20.0")
 
 
 def in_memory_study(
@@ -235,39 +241,13 @@ def test_runner_prunes_a_trial_stuck_in_warmup(fake_space, host):
 # A search trial 100x slower than the references, with steps long enough (about 3 s) for the driver to
 # see the running step pass the bar (twice the vendor's 0.03 s step, after its 1 s of slack) well before
 # it ends.
-SLOW_STEP_SPACE = FIXED_KNOBS + """
-
+SLOW_STEP_SPACE = fake_space_text("""
 [knobs.slowdown]
 type = "categorical"
 choices = [1.0, 100.0]
 default = 1.0
 target = "param"
-
-[knobs.steps]
-type = "int"
-low = 1
-high = 100
-default = 3
-target = "param"
-search = false
-
-[knobs.step_seconds]
-type = "float"
-low = 0.0
-high = 1.0
-default = 0.03
-target = "param"
-search = false
-
-[baseline]
-data_format = "channels_first"
-onednn = false
-slowdown = 1.0
-
-[vendor_recommended]
-kmp_blocktime = "1"
-slowdown = 1.0
-"""
+""", steps=3, step_seconds=0.03, baseline="slowdown = 1.0", vendor="slowdown = 1.0")
 
 
 def test_a_search_trial_is_stopped_while_its_first_step_runs(tmp_path, host, space_from_toml):
@@ -317,3 +297,32 @@ def test_runner_stops_a_step_only_while_it_runs(fake_space, host):
     # never asked during set-up or warm-up: every call had the first step running or done
     assert seen and all(len(steps) in (1, 2) for steps in seen)
     assert all(steps[0] <= outcome.step_seconds[0] + 0.25 for steps in seen if len(steps) == 1)
+
+
+# Every search trial takes 5 s or more (9 steps of 0.5 s: slowdown 100), the references a second or two.
+SLOW_SEARCH_SPACE = fake_space_text("""
+[knobs.noise]
+type = "categorical"
+choices = [0.0, 0.001]
+default = 0.0
+target = "param"
+
+[knobs.slowdown]
+type = "float"
+low = 1.0
+high = 100.0
+default = 100.0
+target = "param"
+search = false
+""", steps=8, step_seconds=0.005, baseline="slowdown = 1.0", vendor="slowdown = 1.0")
+
+
+def test_no_search_trial_starts_that_would_run_into_the_confirmation_share(tmp_path, host, space_from_toml, capsys):
+    space = space_from_toml(SLOW_SEARCH_SPACE)
+    status = run_study(options(tmp_path, trials=10, timeout_s=12.0, prune=False), host, space, {})
+    assert status == 0
+    study = optuna.load_study(study_name=STUDY, storage=options(tmp_path).storage)
+    search = [t for t in study.get_trials() if t.user_attrs.get("role") == "search"]
+    assert len(search) == 1  # after it, the budget left is less than one more trial like it
+    assert search[0].user_attrs["wall_seconds"] > 4.5
+    assert "less than a typical search trial of this run" in capsys.readouterr().out
