@@ -2,7 +2,7 @@
 
 Usage:
     python benchmarks/knob_effect.py --from vendor_recommended --set patch=64 \\
-        --variant freeze_weights=true --variant instance_norm=group_norm --rounds 5 [--profile]
+        --variant instance_norm=group_norm --variant allocator=mimalloc --rounds 5 [--profile]
 
 Every round measures the base and then each variant (the base plus that one change) in fresh processes,
 one after the other, as ``autotune bench`` does (same space, host probe, pinning, warm-up untimed,
