@@ -61,7 +61,6 @@ def trials(prepared, cache, tmp_path_factory) -> dict[str, dict]:
         "reference": {}, "cf_keras": CF_KERAS, "bf16": {"precision": "mixed_bfloat16"},
         "train": {"mode": "train"}, "train_cf_eliminated": {"mode": "train", **CF_ELIMINATED},
         "group_norm": {"instance_norm": "group_norm"},
-        "train_group_norm": {"mode": "train", "instance_norm": "group_norm"},
     }
     found = {}
     for name, params in configs.items():
@@ -113,8 +112,6 @@ def test_group_norm_computes_the_same_function(trials):
     found = compare(trials["group_norm"]["outputs"], trials["reference"]["outputs"])
     assert found["max_abs_error"] < 1e-5 and found["label_flip_share"] < 1e-3, found
     assert trials["group_norm"]["effective"]["instance_norm"] == "group_norm"
-    figures = compare(trials["train_group_norm"]["outputs"], trials["train"]["outputs"])
-    assert figures["loss_rel_error"] < 1e-5 and figures["grad_norm_rel_error"] < 1e-4
 
 
 @pytest.mark.tf

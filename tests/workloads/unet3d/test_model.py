@@ -345,7 +345,7 @@ def test_model_module_imports_without_tensorflow():
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO_ROOT)
 
 
-@pytest.mark.parametrize("layout", ["channels_last", "cf_keras", "cf_per_layer"])
+@pytest.mark.parametrize("layout", ["channels_last", "cf_per_layer"])
 def test_group_norm_is_the_same_function_with_the_same_weights(tiny_input, layout):
     model = build_unet3d(TINY_SPATIAL, layout=layout, norm="group_norm", **TINY)
     reference = build_unet3d(TINY_SPATIAL, layout=layout, **TINY)
