@@ -299,7 +299,7 @@ def test_runner_stops_a_step_only_while_it_runs(fake_space, host):
     assert all(steps[0] <= outcome.step_seconds[0] + 0.25 for steps in seen if len(steps) == 1)
 
 
-# Every search trial takes 5 s or more (9 steps of 0.5 s: slowdown 100), the references a second or two.
+# Every search trial takes 6 s or more (9 steps of 0.6 s: slowdown 120), the references a second or two.
 SLOW_SEARCH_SPACE = fake_space_text("""
 [knobs.noise]
 type = "categorical"
@@ -310,8 +310,8 @@ target = "param"
 [knobs.slowdown]
 type = "float"
 low = 1.0
-high = 100.0
-default = 100.0
+high = 200.0
+default = 120.0
 target = "param"
 search = false
 """, steps=8, step_seconds=0.005, baseline="slowdown = 1.0", vendor="slowdown = 1.0")
@@ -319,10 +319,11 @@ search = false
 
 def test_no_search_trial_starts_that_would_run_into_the_confirmation_share(tmp_path, host, space_from_toml, capsys):
     space = space_from_toml(SLOW_SEARCH_SPACE)
-    status = run_study(options(tmp_path, trials=10, timeout_s=12.0, prune=False), host, space, {})
+    # 9.5 s: the first search trial ends before it, with less than another such trial left
+    status = run_study(options(tmp_path, trials=10, timeout_s=9.5, prune=False), host, space, {})
     assert status == 0
     study = optuna.load_study(study_name=STUDY, storage=options(tmp_path).storage)
     search = [t for t in study.get_trials() if t.user_attrs.get("role") == "search"]
     assert len(search) == 1  # after it, the budget left is less than one more trial like it
-    assert search[0].user_attrs["wall_seconds"] > 4.5
+    assert search[0].user_attrs["wall_seconds"] > 5.4
     assert "less than a typical search trial of this run" in capsys.readouterr().out
